@@ -1,0 +1,383 @@
+"""A generated sysfs + /dev tree shaped like an LX2160A board with DPAA2 containers and vfio-pci VFs.
+
+There is no DPAA2 hardware in CI or on a laptop, so tests, the demo and `vnfio-device-plugin list
+--sample-board` run against this tree. It follows the kernel's real layout: objects nest physically under
+their container, every link is a relative symlink with the kernel's own depth, and file contents use the
+kernel's formats (`(null)` overrides, `0x%04x` ids, `DEVTYPE=`/`DRIVER=`/`MODALIAS=` uevents). The tree is
+shipped inside the package, not under hack/, so the image can show what the plugin would advertise before
+any hardware is attached.
+
+`SampleBoard` also mutates the tree the way the kernel would on bind, unbind, hot-plug and device-node
+removal, so health and hot-plug tests change the same files a real kernel changes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+FSL_MC_PLATFORM = "devices/platform/soc/80c000000.fsl-mc"
+PCI_ROOT_PORT = "devices/platform/soc/3800000.pcie/pci0001:00/0001:00:00.0"
+FSL_MC_VENDOR = 0x1957
+FSL_MC_DRIVERS = ("fsl_mc_dprc", "fsl_mc_allocator", "fsl_mc_dpio", "fsl_dpaa2_eth", "vfio-fsl-mc")
+PCI_DRIVERS = ("vfio-pci", "i40e", "pcieport")
+VFIO_GROUP_MAJOR = 243  # dynamic on a real kernel; any value will do
+VFIO_MISC = (10, 196)
+DPRC_MISC = (10, 60)
+
+
+@dataclass(frozen=True)
+class McObject:
+    """One fsl-mc object of the sample board: `name` is `type.id`, `parent` the container's name."""
+
+    name: str
+    parent: str | None
+    driver: str | None
+    override: str | None
+    group: int | None
+
+    @property
+    def type(self) -> str:
+        return self.name.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class PciFunction:
+    """One PCI function of the sample board."""
+
+    bdf: str
+    vendor: int
+    device: int
+    pci_class: int
+    driver: str | None
+    group: int
+    netdev: str | None = None
+    physfn: str | None = None
+
+
+def _dprc2_objects() -> list[McObject]:
+    names = ["dpni.1", "dpio.16", "dpio.17", "dpbp.1", "dpmcp.2", "dpcon.1"]
+    return [McObject(n, "dprc.2", "vfio-fsl-mc", "vfio-fsl-mc", 10) for n in names]
+
+
+def _dprc3_objects() -> list[McObject]:
+    names = ["dpni.2", "dpio.18", "dpio.19", "dpbp.2", "dpmcp.3", "dpcon.2", "dpseci.0"]
+    return [McObject(n, "dprc.3", "vfio-fsl-mc", "vfio-fsl-mc", 11) for n in names]
+
+
+def default_mc_objects() -> list[McObject]:
+    """The fsl-mc table of the design notes: a kernel-owned root container, two vfio containers, one unbound."""
+    root = [
+        McObject("dprc.1", None, "fsl_mc_dprc", None, 2),
+        McObject("dpni.0", "dprc.1", "fsl_dpaa2_eth", None, 2),
+        McObject("dpio.0", "dprc.1", "fsl_mc_dpio", None, 2),
+        McObject("dpbp.0", "dprc.1", "fsl_mc_allocator", None, 2),
+        McObject("dpmcp.1", "dprc.1", "fsl_mc_allocator", None, 2),
+        McObject("dpcon.0", "dprc.1", "fsl_mc_allocator", None, 2),
+        McObject("dpmac.3", "dprc.1", None, None, 2),
+        McObject("dprc.2", "dprc.1", "vfio-fsl-mc", "vfio-fsl-mc", 10),
+        McObject("dprc.3", "dprc.1", "vfio-fsl-mc", "vfio-fsl-mc", 11),
+        McObject("dprc.4", "dprc.1", None, None, None),
+    ]
+    return root + _dprc2_objects() + _dprc3_objects()
+
+
+def default_pci_functions() -> list[PciFunction]:
+    """An i40e PF with four vfio-pci VFs; VF2 and VF3 share group 22 (a missing ACS, synthetic)."""
+    pf = "0001:01:00.0"
+    return [
+        PciFunction("0001:00:00.0", 0x1957, 0x8D80, 0x060400, "pcieport", 19),
+        PciFunction(pf, 0x8086, 0x1572, 0x020000, "i40e", 19, netdev="eth1"),
+        PciFunction("0001:01:00.1", 0x8086, 0x154C, 0x020000, "vfio-pci", 20, physfn=pf),
+        PciFunction("0001:01:00.2", 0x8086, 0x154C, 0x020000, "vfio-pci", 21, physfn=pf),
+        PciFunction("0001:01:00.3", 0x8086, 0x154C, 0x020000, "vfio-pci", 22, physfn=pf),
+        PciFunction("0001:01:00.4", 0x8086, 0x154C, 0x020000, "vfio-pci", 22, physfn=pf),
+    ]
+
+
+def _write(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+
+
+def _link(link: Path, target: Path) -> None:
+    """Create `link` pointing at `target` with a relative path, as sysfs does."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(os.path.relpath(target, link.parent))
+
+
+def _unlink(path: Path) -> None:
+    if path.is_symlink() or path.exists():
+        path.unlink()
+
+
+def _mknod(path: Path, mode: int, major: int, minor: int) -> None:
+    """A character device node when we may create one (root), else a regular file standing in for it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _unlink(path)
+    try:
+        os.mknod(path, stat.S_IFCHR | mode, os.makedev(major, minor))
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EACCES):
+            raise
+        path.write_text("")
+    os.chmod(path, mode)
+
+
+class SampleBoard:
+    """A fake board rooted at `root`: `root/sys` is the sysfs root and `root/dev` the dev root."""
+
+    def __init__(self, root: Path, *, noiommu: bool = False) -> None:
+        self.root = Path(root)
+        self.sys = self.root / "sys"
+        self.dev = self.root / "dev"
+        self.noiommu = noiommu
+        self.mc: dict[str, McObject] = {}
+        self.pci: dict[str, PciFunction] = {}
+
+    # ----------------------------------------------------------------------------------------- building
+    def build(
+        self,
+        mc_objects: Iterable[McObject] | None = None,
+        pci_functions: Iterable[PciFunction] | None = None,
+        *,
+        unbound_dprc_group: bool = False,
+    ) -> SampleBoard:
+        """Write the whole tree. `unbound_dprc_group` gives the unbound dprc.4 an iommu_group link too,
+        as some kernel versions show for a never-probed container."""
+        self._write_bus_files()
+        for obj in default_mc_objects() if mc_objects is None else mc_objects:
+            self.add_mc_object(obj)
+        if unbound_dprc_group and "dprc.4" in self.mc:
+            self.add_mc_object(McObject("dprc.4", "dprc.1", None, None, 12))
+        for fn in default_pci_functions() if pci_functions is None else pci_functions:
+            self.add_pci_function(fn)
+        _write(
+            self.sys / "module/vfio/parameters/enable_unsafe_noiommu_mode", "Y\n" if self.noiommu else "N\n"
+        )
+        _mknod(self.dev / "vfio/vfio", 0o666, *VFIO_MISC)
+        _mknod(self.dev / "dprc.1", 0o600, *DPRC_MISC)
+        (self.dev / "hugepages").mkdir(parents=True, exist_ok=True)
+        for group in sorted(self.vfio_groups()):
+            self.add_group_node(group)
+        return self
+
+    def _write_bus_files(self) -> None:
+        bus = self.sys / "bus/fsl-mc"
+        for name, content in {
+            "drivers_autoprobe": "1\n",
+            "autorescan": "1\n",
+            "rescan": "",
+            "drivers_probe": "",
+            "uevent": "",
+        }.items():
+            _write(bus / name, content)
+        (bus / "devices").mkdir(parents=True, exist_ok=True)
+        for drv in FSL_MC_DRIVERS:
+            for name in ("bind", "unbind", "uevent"):
+                _write(bus / "drivers" / drv / name, "")
+        pci = self.sys / "bus/pci"
+        (pci / "devices").mkdir(parents=True, exist_ok=True)
+        for name, content in {"drivers_autoprobe": "1\n", "rescan": "", "drivers_probe": "", "uevent": ""}.items():
+            _write(pci / name, content)
+        for drv in PCI_DRIVERS:
+            for name in ("bind", "unbind", "new_id", "uevent"):
+                _write(pci / "drivers" / drv / name, "")
+        (self.sys / "kernel/iommu_groups").mkdir(parents=True, exist_ok=True)
+        (self.sys / "class/net").mkdir(parents=True, exist_ok=True)
+
+    def _group_dir(self, group: int) -> Path:
+        gdir = self.sys / "kernel/iommu_groups" / str(group)
+        if not gdir.exists():
+            (gdir / "devices").mkdir(parents=True)
+            _write(gdir / "type", "DMA\n")
+            _write(gdir / "reserved_regions", "")
+            if self.noiommu:
+                _write(gdir / "name", "vfio-noiommu\n")
+        return gdir
+
+    def mc_dir(self, name: str) -> Path:
+        """The device directory of an fsl-mc object: nested under its container chain."""
+        parts = [name]
+        parent = self.mc[name].parent
+        while parent is not None:
+            parts.append(parent)
+            parent = self.mc[parent].parent
+        return self.sys / FSL_MC_PLATFORM / "/".join(reversed(parts))
+
+    def pci_dir(self, bdf: str) -> Path:
+        root_port = PCI_ROOT_PORT.rsplit("/", 1)[1]
+        if bdf == root_port:
+            return self.sys / PCI_ROOT_PORT
+        return self.sys / PCI_ROOT_PORT / bdf
+
+    def add_mc_object(self, obj: McObject) -> None:
+        """Write one fsl-mc object (its parent must exist), as the kernel shows it after a container scan."""
+        self.mc[obj.name] = obj
+        d = self.mc_dir(obj.name)
+        (d / "power").mkdir(parents=True, exist_ok=True)
+        modalias = f"fsl-mc:v{FSL_MC_VENDOR:08X}d{obj.type}"
+        _write(d / "modalias", modalias + "\n")
+        _write(d / "driver_override", f"{obj.override or '(null)'}\n")
+        _link(d / "subsystem", self.sys / "bus/fsl-mc")
+        _link(self.sys / "bus/fsl-mc/devices" / obj.name, d)
+        self._set_mc_driver(obj.name, obj.driver)
+        if obj.group is not None:
+            gdir = self._group_dir(obj.group)
+            _link(d / "iommu_group", gdir)
+            _link(gdir / "devices" / obj.name, d)
+
+    def _mc_uevent(self, obj: McObject, driver: str | None) -> str:
+        lines = [f"DEVTYPE=fsl_mc_bus_{obj.type}"]
+        if driver:
+            lines.append(f"DRIVER={driver}")
+        lines.append(f"MODALIAS=fsl-mc:v{FSL_MC_VENDOR:08X}d{obj.type}")
+        return "\n".join(lines) + "\n"
+
+    def _set_mc_driver(self, name: str, driver: str | None) -> None:
+        obj = self.mc[name]
+        d = self.mc_dir(name)
+        for drv in FSL_MC_DRIVERS:
+            _unlink(self.sys / "bus/fsl-mc/drivers" / drv / name)
+        _unlink(d / "driver")
+        if driver:
+            drv_dir = self.sys / "bus/fsl-mc/drivers" / driver
+            for f in ("bind", "unbind", "uevent"):
+                if not (drv_dir / f).exists():
+                    _write(drv_dir / f, "")
+            _link(d / "driver", drv_dir)
+            _link(drv_dir / name, d)
+        _write(d / "uevent", self._mc_uevent(obj, driver))
+        self.mc[name] = McObject(obj.name, obj.parent, driver, obj.override, obj.group)
+
+    def add_pci_function(self, fn: PciFunction) -> None:
+        """Write one PCI function with its ids, links, driver and group, as pci-sysfs shows it."""
+        self.pci[fn.bdf] = fn
+        d = self.pci_dir(fn.bdf)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "power").mkdir(exist_ok=True)
+        for name, value in {
+            "vendor": f"0x{fn.vendor:04x}",
+            "device": f"0x{fn.device:04x}",
+            "subsystem_vendor": "0x8086" if fn.vendor == 0x8086 else f"0x{fn.vendor:04x}",
+            "subsystem_device": "0x0000",
+            "class": f"0x{fn.pci_class:06x}",
+            "numa_node": "-1",
+            "driver_override": "(null)",
+        }.items():
+            _write(d / name, value + "\n")
+        _link(d / "subsystem", self.sys / "bus/pci")
+        _link(self.sys / "bus/pci/devices" / fn.bdf, d)
+        gdir = self._group_dir(fn.group)
+        _link(d / "iommu_group", gdir)
+        _link(gdir / "devices" / fn.bdf, d)
+        if fn.netdev:
+            ndir = d / "net" / fn.netdev
+            _write(ndir / "address", "3c:fd:fe:a0:00:01\n")
+            _write(ndir / "ifindex", "5\n")
+            _link(self.sys / "class/net" / fn.netdev, ndir)
+        if fn.physfn:
+            _link(d / "physfn", self.pci_dir(fn.physfn))
+            self._refresh_sriov(fn.physfn)
+        self._set_pci_driver(fn.bdf, fn.driver)
+
+    def _refresh_sriov(self, pf: str) -> None:
+        pf_dir = self.pci_dir(pf)
+        vfs = sorted(b for b, f in self.pci.items() if f.physfn == pf)
+        for old in pf_dir.glob("virtfn*"):
+            old.unlink()
+        for i, vf in enumerate(vfs):
+            _link(pf_dir / f"virtfn{i}", self.pci_dir(vf))
+        _write(pf_dir / "sriov_totalvfs", "64\n")
+        _write(pf_dir / "sriov_numvfs", f"{len(vfs)}\n")
+
+    def _pci_uevent(self, fn: PciFunction, driver: str | None) -> str:
+        sub_vendor = 0x8086 if fn.vendor == 0x8086 else fn.vendor
+        lines = [f"DRIVER={driver}"] if driver else []
+        lines += [
+            f"PCI_CLASS={fn.pci_class:X}",
+            f"PCI_ID={fn.vendor:04X}:{fn.device:04X}",
+            f"PCI_SUBSYS_ID={sub_vendor:04X}:0000",
+            f"PCI_SLOT_NAME={fn.bdf}",
+            f"MODALIAS=pci:v{fn.vendor:08X}d{fn.device:08X}sv{sub_vendor:08X}sd00000000"
+            f"bc{fn.pci_class >> 16:02X}sc{(fn.pci_class >> 8) & 0xFF:02X}i{fn.pci_class & 0xFF:02X}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _set_pci_driver(self, bdf: str, driver: str | None) -> None:
+        fn = self.pci[bdf]
+        d = self.pci_dir(bdf)
+        for drv in PCI_DRIVERS:
+            _unlink(self.sys / "bus/pci/drivers" / drv / bdf)
+        _unlink(d / "driver")
+        if driver:
+            drv_dir = self.sys / "bus/pci/drivers" / driver
+            for f in ("bind", "unbind", "new_id", "uevent"):
+                if not (drv_dir / f).exists():
+                    _write(drv_dir / f, "")
+            _link(d / "driver", drv_dir)
+            _link(drv_dir / bdf, d)
+        _write(d / "uevent", self._pci_uevent(fn, driver))
+        self.pci[bdf] = PciFunction(
+            fn.bdf, fn.vendor, fn.device, fn.pci_class, driver, fn.group, fn.netdev, fn.physfn
+        )
+
+    # ------------------------------------------------------------------------------- device nodes
+    def vfio_groups(self) -> set[int]:
+        """Groups that get a /dev/vfio node: those with a vfio-bound member (what the kernel creates)."""
+        groups = {o.group for o in self.mc.values() if o.driver == "vfio-fsl-mc" and o.group is not None}
+        groups |= {f.group for f in self.pci.values() if f.driver == "vfio-pci"}
+        return groups
+
+    def group_node(self, group: int) -> Path:
+        return self.dev / "vfio" / (f"noiommu-{group}" if self.noiommu else str(group))
+
+    def add_group_node(self, group: int) -> None:
+        _mknod(self.group_node(group), 0o600, VFIO_GROUP_MAJOR, group)
+
+    def remove_group_node(self, group: int) -> None:
+        _unlink(self.group_node(group))
+
+    # ----------------------------------------------------------------------------- kernel events
+    def unbind(self, name: str) -> None:
+        """What `echo NAME > …/drivers/<drv>/unbind` leaves behind (fsl-mc object or PCI function)."""
+        if name in self.mc:
+            self._set_mc_driver(name, None)
+        else:
+            self._set_pci_driver(name, None)
+
+    def bind(self, name: str, driver: str) -> None:
+        """What binding NAME to DRIVER leaves behind."""
+        if name in self.mc:
+            self._set_mc_driver(name, driver)
+        else:
+            self._set_pci_driver(name, driver)
+
+    def add_vf(self, bdf: str, group: int, *, pf: str = "0001:01:00.0", device: int = 0x154C) -> None:
+        """Hot-plug one more vfio-pci VF of `pf` in its own group, with its /dev/vfio node."""
+        vendor = self.pci[pf].vendor
+        self.add_pci_function(PciFunction(bdf, vendor, device, 0x020000, "vfio-pci", group, physfn=pf))
+        self.add_group_node(group)
+
+    def remove_pci_function(self, bdf: str) -> None:
+        """Hot-unplug one PCI function: its directory and every link to it disappear."""
+        fn = self.pci.pop(bdf)
+        for drv in PCI_DRIVERS:
+            _unlink(self.sys / "bus/pci/drivers" / drv / bdf)
+        _unlink(self.sys / "bus/pci/devices" / bdf)
+        _unlink(self.sys / "kernel/iommu_groups" / str(fn.group) / "devices" / bdf)
+        shutil.rmtree(self.pci_dir(bdf))
+        if fn.physfn:
+            self._refresh_sriov(fn.physfn)
+
+
+def build_sample_board(root: Path, *, noiommu: bool = False, unbound_dprc_group: bool = False) -> SampleBoard:
+    """Write the default LX2160A-like board under `root` and return it."""
+    return SampleBoard(root, noiommu=noiommu).build(unbound_dprc_group=unbound_dprc_group)
