@@ -1,4 +1,4 @@
-"""`vnfio-device-plugin`: the command line of the device plugin (run the daemon, list the inventory)."""
+"""`vnfio-device-plugin`: run the daemon (the default), list the inventory, or write the sample board."""
 
 from __future__ import annotations
 
@@ -7,13 +7,40 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from deviceplugin.settings import DEFAULT_CONFIG, DEFAULT_PLUGIN_DIR, DaemonSettings
+
+
+def _add_roots(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="resourceList config (JSON or YAML)")
+    parser.add_argument("--sysfs-root", type=Path, default=Path("/sys"), help="where sysfs is mounted")
+    parser.add_argument("--dev-root", type=Path, default=Path("/dev"), help="where /dev is mounted")
+    parser.add_argument(
+        "--sample-board",
+        action="store_true",
+        help="ignore --sysfs-root/--dev-root and use a freshly generated sample board (try it without hardware)",
+    )
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vnfio-device-plugin",
-        description="Advertise DPAA2 resource containers and vfio-pci functions to kubelet.",
+        description="Advertise DPAA2 resource containers and vfio-pci functions to kubelet. "
+        "Without a command, runs the daemon.",
     )
+    _add_roots(parser)
+    parser.add_argument("--plugin-dir", type=Path, default=DEFAULT_PLUGIN_DIR, help="kubelet's device-plugin dir")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--rescan-interval", type=float, default=5.0, help="seconds between safety-net rescans")
+    parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics endpoint binds")
+    parser.add_argument(
+        "--node-name", default=None, help="label this node and post events (default: $NODE_NAME; unset = off)"
+    )
+    parser.add_argument("--no-uevents", action="store_true", help="rescan on the timer only")
     sub = parser.add_subparsers(dest="command")
+    listing = sub.add_parser("list", help="print the pools and their devices without registering (dry run)")
+    _add_roots(listing)
+    listing.add_argument("--output", choices=["table", "json"], default="table")
     board = sub.add_parser("sample-board", help="write the bundled LX2160A-like sysfs/dev tree to a folder")
     board.add_argument("root", type=Path, help="folder that receives sys/ and dev/")
     board.add_argument("--noiommu", action="store_true", help="the vfio noiommu variant")
@@ -28,8 +55,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         board = build_sample_board(args.root, noiommu=args.noiommu)
         print(f"sysfs root: {board.sys}\ndev root:   {board.dev}")
         return 0
-    _parser().print_help()
-    return 2
+    if args.command == "list":
+        from deviceplugin.listing import run_list
+
+        return run_list(args.config, args.sysfs_root, args.dev_root, args.output, sample_board=args.sample_board)
+    from deviceplugin.daemon import run_daemon
+
+    settings = DaemonSettings(
+        config=args.config,
+        sysfs_root=args.sysfs_root,
+        dev_root=args.dev_root,
+        plugin_dir=args.plugin_dir,
+        log_level=args.log_level,
+        rescan_interval=args.rescan_interval,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        node_name=args.node_name or DaemonSettings.node_name_from_env(),
+        uevents=not args.no_uevents,
+    )
+    return run_daemon(settings, sample_board=args.sample_board)
 
 
 if __name__ == "__main__":
