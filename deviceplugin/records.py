@@ -90,6 +90,15 @@ class DeviceType(StrEnum):
 
 
 @dataclass(frozen=True)
+class DeviceNode:
+    """A device node for the container: host path, path inside the container, cgroup permissions."""
+
+    host_path: str
+    container_path: str
+    permissions: str = "rw"
+
+
+@dataclass(frozen=True)
 class PoolDevice:
     """One allocatable unit of a pool: a DPRC, a single-function group, or a whole multi-function group."""
 
@@ -101,6 +110,7 @@ class PoolDevice:
     pci_addresses: tuple[str, ...] = ()  # PCI: every function the unit carries
     container: str | None = None  # fslmc: dprc.N
     pfs: tuple[str, ...] = ()  # PCI: PF addresses of the functions (for preferred allocation)
+    nodes: tuple[DeviceNode, ...] = ()  # every node the unit needs: /dev/vfio/vfio and its group nodes
     why_unhealthy: str | None = None
 
     @property
@@ -131,15 +141,6 @@ class ResourcePool:
             if dev.id == device_id:
                 return dev
         return None
-
-
-@dataclass(frozen=True)
-class DeviceNode:
-    """A device node for the container: host path, path inside the container, cgroup permissions."""
-
-    host_path: str
-    container_path: str
-    permissions: str = "rw"
 
 
 @dataclass(frozen=True)
