@@ -81,6 +81,7 @@ class Inventory:
     noiommu: bool = False
     vfio_container_node: str | None = None  # host path of /dev/vfio/vfio, None when absent
     problems: tuple[str, ...] = ()
+    dev_root: str | None = None  # the dev root discovery read, so policy can name a node that went missing
 
 
 # ---------------------------------------------------------------------------------------------- policy

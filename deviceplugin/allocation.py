@@ -1,0 +1,126 @@
+"""Allocation policy: what a container gets for a set of device IDs, and which IDs to prefer when kubelet
+has a choice. Pure functions over a `ResourcePool` snapshot; the gRPC layer only translates.
+
+Answers never depend on the order kubelet lists IDs in: everything is sorted first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from deviceplugin.providers import env_provider
+from deviceplugin.records import (
+    AllocationError,
+    ContainerAllocation,
+    DeviceNode,
+    DeviceType,
+    PoolDevice,
+    ResourcePool,
+)
+
+
+def allocate(pool: ResourcePool, device_ids: Sequence[str]) -> ContainerAllocation:
+    """Device nodes and env vars for one container that was given `device_ids` of `pool`."""
+    if not device_ids:
+        raise AllocationError("INVALID_ARGUMENT", f"{pool.resource_name}: no device IDs to allocate")
+    duplicates = sorted(i for i, n in Counter(device_ids).items() if n > 1)
+    if duplicates:
+        raise AllocationError("INVALID_ARGUMENT", f"{pool.resource_name}: device IDs repeated: {', '.join(duplicates)}")
+    devices = _known(pool, device_ids, "NOT_FOUND")
+    unhealthy = [d for d in devices if not d.healthy]
+    if unhealthy:
+        detail = "; ".join(f"{d.id} ({d.why_unhealthy or 'unhealthy'})" for d in unhealthy)
+        raise AllocationError("INVALID_ARGUMENT", f"{pool.resource_name}: unhealthy devices: {detail}")
+    if pool.device_type is DeviceType.FSLMC and len(devices) > 1:
+        raise AllocationError(
+            "INVALID_ARGUMENT",
+            f"{pool.resource_name}: {len(devices)} DPAA2 containers asked for one container "
+            f"({', '.join(d.id for d in devices)}); DPDK uses one DPRC per process, ask for 1",
+        )
+    nodes: dict[str, DeviceNode] = {}
+    for node in sorted((n for d in devices for n in d.nodes), key=_node_order):
+        nodes.setdefault(node.container_path, node)
+    return ContainerAllocation(
+        envs=env_provider(pool.device_type).envs(pool.resource_name, devices),
+        devices=tuple(nodes.values()),
+    )
+
+
+def preferred_allocation(
+    pool: ResourcePool, available: Sequence[str], must_include: Sequence[str], size: int
+) -> list[str]:
+    """Exactly `size` IDs from `available`, including every `must_include`: healthy devices first, on one
+    NUMA node (the one that can hold the most), and for PCI spread over as few PFs as possible."""
+    name = pool.resource_name
+    pool_avail = sorted(set(available))
+    must = sorted(set(must_include))
+    if size < 0:
+        raise AllocationError("INVALID_ARGUMENT", f"{name}: allocation size {size} is negative")
+    if size > len(pool_avail):
+        raise AllocationError("INVALID_ARGUMENT", f"{name}: asked for {size} of {len(pool_avail)} available devices")
+    if not set(must) <= set(pool_avail):
+        missing = ", ".join(sorted(set(must) - set(pool_avail)))
+        raise AllocationError("INVALID_ARGUMENT", f"{name}: must-include devices not available: {missing}")
+    if len(must) > size:
+        raise AllocationError("INVALID_ARGUMENT", f"{name}: {len(must)} must-include devices exceed size {size}")
+    candidates = _known(pool, pool_avail, "INVALID_ARGUMENT")
+    chosen = [d for d in candidates if d.id in must]
+    rest = [d for d in candidates if d.id not in must]
+    node = _best_node(chosen, rest, size)
+    pfs_used = {pf for d in chosen for pf in d.pfs}
+    while len(chosen) < size:
+        pf_spare = Counter(pf for d in rest for pf in d.pfs)
+        best = min(rest, key=lambda d: _preference(d, node, pfs_used, pf_spare))
+        rest.remove(best)
+        chosen.append(best)
+        pfs_used.update(best.pfs)
+    return sorted(d.id for d in chosen)
+
+
+def _known(pool: ResourcePool, device_ids: Sequence[str], status: str) -> list[PoolDevice]:
+    devices = {d.id: d for d in pool.devices}
+    unknown = sorted(i for i in set(device_ids) if i not in devices)
+    if unknown:
+        raise AllocationError(status, f"{pool.resource_name}: unknown device IDs: {', '.join(unknown)}")
+    return [devices[i] for i in sorted(set(device_ids))]
+
+
+def _node_order(node: DeviceNode) -> tuple[int, int, str]:
+    """/dev/vfio/vfio first, then the group nodes by number."""
+    tail = node.container_path.rsplit("/", 1)[-1]
+    if node.container_path == "/dev/vfio/vfio":
+        return (0, 0, tail)
+    return (1, int(tail), tail) if tail.isdigit() else (2, 0, node.container_path)
+
+
+def _best_node(chosen: list[PoolDevice], rest: list[PoolDevice], size: int) -> int | None:
+    """The NUMA node that can hold the most of the allocation: must-include devices count first, then healthy
+    candidates (capped at what is still needed); ties go to the lower node number."""
+    nodes = sorted({d.numa_node for d in chosen + rest if d.numa_node is not None})
+    if not nodes:
+        return None
+    need = size - len(chosen)
+
+    def score(node: int) -> tuple[int, int, int]:
+        pinned = sum(d.numa_node == node for d in chosen)
+        fits = min(need, sum(d.numa_node == node and d.healthy for d in rest))
+        return (pinned, fits, -node)
+
+    return max(nodes, key=score)
+
+
+def _preference(
+    dev: PoolDevice, node: int | None, pfs_used: set[str], pf_spare: Counter[str]
+) -> tuple[bool, int, int, int, str]:
+    """Lower is better: healthy, on the chosen node (unknown node next), reusing PFs already in the
+    allocation, from the PF with the most spare devices, then by ID for determinism."""
+    if node is None or dev.numa_node == node:
+        numa_rank = 0
+    elif dev.numa_node is None:
+        numa_rank = 1
+    else:
+        numa_rank = 2
+    new_pfs = len(set(dev.pfs) - pfs_used)
+    spare = max((pf_spare[pf] for pf in dev.pfs), default=0)
+    return (not dev.healthy, numa_rank, new_pfs, -spare, dev.id)

@@ -1,0 +1,97 @@
+"""Discovery of IOMMU groups: who is in each, whether VFIO would call it viable, and its /dev/vfio node."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from deviceplugin.records import IommuGroup
+from deviceplugin.sysfs import SysfsError, device_node, entries, link_name, read_value, resolve_inside
+
+_GROUP = re.compile(r"^[0-9]+$")
+NOIOMMU_GROUP_NAME = "vfio-noiommu"
+
+
+def is_vfio_driver(driver: str | None) -> bool:
+    """vfio-pci, vfio-fsl-mc and the vendor variant drivers (mlx5_vfio_pci, hisi_acc_vfio_pci, ...)."""
+    return driver is not None and (driver.startswith("vfio") or driver.endswith("vfio_pci"))
+
+
+def noiommu_mode(sysfs_root: Path) -> bool:
+    try:
+        value = read_value(sysfs_root / "module/vfio/parameters/enable_unsafe_noiommu_mode")
+    except SysfsError:
+        return False
+    return value in ("Y", "y", "1")
+
+
+def group_node_path(dev_root: Path, number: int, noiommu: bool) -> Path:
+    return dev_root / "vfio" / (f"noiommu-{number}" if noiommu else str(number))
+
+
+def discover_groups(sysfs_root: Path, dev_root: Path, noiommu: bool, problems: list[str]) -> dict[int, IommuGroup]:
+    """Every group under `kernel/iommu_groups`, keyed by number."""
+    base = sysfs_root / "kernel/iommu_groups"
+    groups: dict[int, IommuGroup] = {}
+    try:
+        names = entries(base)
+    except SysfsError as exc:
+        problems.append(f"iommu groups: {exc}")
+        return groups
+    for name in names:
+        if not _GROUP.match(name):
+            problems.append(f"iommu group {name!r}: skipped: not a group number")
+            continue
+        groups[int(name)] = _read_group(int(name), base / name, sysfs_root, dev_root, noiommu, problems)
+    return dict(sorted(groups.items()))
+
+
+def _read_group(
+    number: int, gdir: Path, sysfs_root: Path, dev_root: Path, noiommu: bool, problems: list[str]
+) -> IommuGroup:
+    members: list[str] = []
+    drivers: dict[str, str | None] = {}
+    not_viable: list[str] = []
+    try:
+        names = entries(gdir / "devices")
+    except SysfsError as exc:
+        problems.append(f"iommu group {number}: {exc}")
+        names = []
+        not_viable.append("its member list cannot be read")
+    for member in names:
+        members.append(member)
+        try:
+            mdir = resolve_inside(gdir / "devices" / member, sysfs_root)
+            driver = link_name(mdir / "driver")
+            bridge = (read_value(mdir / "class") or "").lower().startswith("0x0604")
+        except SysfsError as exc:
+            problems.append(f"iommu group {number}: member {member}: {exc}")
+            drivers[member] = None
+            not_viable.append(f"{member} cannot be read")
+            continue
+        drivers[member] = driver
+        # VFIO's viability rule: vfio-bound or driverless; bridges may stay on pcieport.
+        if not (driver is None or is_vfio_driver(driver) or (bridge and driver == "pcieport")):
+            not_viable.append(f"{member} is bound to {driver}")
+    if not members and not not_viable:
+        not_viable.append("it has no devices")
+    try:
+        name = read_value(gdir / "name")
+    except SysfsError as exc:
+        problems.append(f"iommu group {number}: {exc}")
+        name = None
+    group_noiommu = noiommu or name == NOIOMMU_GROUP_NAME
+    try:
+        node = device_node(group_node_path(dev_root, number, group_noiommu), dev_root)
+    except SysfsError as exc:
+        problems.append(f"iommu group {number}: {exc}")
+        node = None
+    return IommuGroup(
+        number=number,
+        members=tuple(sorted(members)),
+        member_drivers=drivers,
+        viable=not not_viable,
+        why_not_viable="; ".join(not_viable) or None,
+        dev_node=node,
+        noiommu=group_noiommu,
+    )

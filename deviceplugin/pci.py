@@ -1,0 +1,95 @@
+"""Discovery of PCI functions: ids, driver, IOMMU group, NUMA node and SR-IOV relations, as sysfs shows them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from deviceplugin.records import PciDevice
+from deviceplugin.sysfs import (
+    SysfsError,
+    entries,
+    group_number,
+    is_pci_address,
+    link_name,
+    read_value,
+    resolve_inside,
+)
+
+_HEX = re.compile(r"^0x([0-9a-fA-F]+)$")
+
+
+def discover_pci(sysfs_root: Path, problems: list[str]) -> tuple[PciDevice, ...]:
+    """Every function under `bus/pci/devices`, ordered by address."""
+    bus = sysfs_root / "bus/pci/devices"
+    found: list[PciDevice] = []
+    try:
+        names = entries(bus)
+    except SysfsError as exc:
+        problems.append(f"pci: {exc}")
+        return ()
+    for name in names:
+        if not is_pci_address(name):
+            problems.append(f"pci {name}: skipped: not a PCI address (DDDD:BB:DD.F)")
+            continue
+        try:
+            found.append(_read_function(bus / name, sysfs_root, problems))
+        except SysfsError as exc:
+            problems.append(f"pci {name}: skipped: {exc}")
+    return tuple(found)
+
+
+def _hex_attr(path: Path, digits: int) -> str:
+    raw = read_value(path)
+    match = _HEX.match(raw or "")
+    if not match or len(match.group(1)) != digits:
+        raise SysfsError(f"{path} reads {raw!r}, expected 0x and {digits} hex digits")
+    return match.group(1).lower()
+
+
+def _numa(path: Path, problems: list[str]) -> int | None:
+    try:
+        raw = read_value(path)
+        if raw is None:
+            return None
+        node = int(raw)
+    except (SysfsError, ValueError) as exc:
+        problems.append(f"{path}: {exc}; NUMA node unknown")
+        return None
+    return node if node >= 0 else None
+
+
+def _netdev(device_dir: Path) -> str | None:
+    names = entries(device_dir / "net")
+    return names[0] if names else None
+
+
+def _read_function(link: Path, sysfs_root: Path, problems: list[str]) -> PciDevice:
+    address = link.name
+    fdir = resolve_inside(link, sysfs_root)
+    try:
+        group = group_number(fdir, sysfs_root)
+    except SysfsError as exc:
+        problems.append(f"pci {address}: {exc}; treated as having no IOMMU group")
+        group = None
+    pf_address = pf_name = None
+    if (fdir / "physfn").is_symlink():
+        try:
+            pf_dir = resolve_inside(fdir / "physfn", sysfs_root)
+            pf_address = pf_dir.name if is_pci_address(pf_dir.name) else None
+            pf_name = _netdev(pf_dir)
+        except SysfsError as exc:
+            problems.append(f"pci {address}: {exc}; PF unknown")
+    return PciDevice(
+        address=address,
+        vendor=_hex_attr(fdir / "vendor", 4),
+        device=_hex_attr(fdir / "device", 4),
+        pci_class=_hex_attr(fdir / "class", 6),
+        driver=link_name(fdir / "driver"),
+        iommu_group=group,
+        numa_node=_numa(fdir / "numa_node", problems),
+        pf_address=pf_address,
+        pf_name=pf_name,
+        netdev=_netdev(fdir),
+        root_device=fdir.parent.name if is_pci_address(fdir.parent.name) else None,
+    )

@@ -1,0 +1,139 @@
+"""Careful reads of a sysfs tree: every read either returns a value or raises `SysfsError` with a message
+an operator can act on, so discovery can skip one bad entry and keep going.
+
+sysfs on a real kernel is well formed, but the plugin also runs against generated trees, hostPath mounts of
+the wrong thing and half-removed devices during hot-unplug; a dangling link or a symlink loop must cost one
+device, never the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+_GROUP_NUMBER = re.compile(r"^[0-9]+$")
+
+
+class SysfsError(Exception):
+    """One entry of the tree could not be read or does not look like the kernel's."""
+
+
+def is_pci_address(name: str) -> bool:
+    return bool(_PCI_ADDRESS.match(name))
+
+
+def read_value(path: Path) -> str | None:
+    """The stripped content of a sysfs attribute; None when it does not exist."""
+    try:
+        # A FIFO or device where an attribute should be would block or misbehave on read: refuse it.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise SysfsError(f"cannot read {path}: not a regular file")
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SysfsError(f"cannot read {path}: {_reason(exc)}") from exc
+
+
+def link_name(path: Path) -> str | None:
+    """The last component of a symlink's target (how the kernel names `driver`, `iommu_group`, `physfn`);
+    None when the link does not exist. The target itself is not followed."""
+    try:
+        target = os.readlink(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SysfsError(f"cannot read link {path}: {_reason(exc)}") from exc
+    name = os.path.basename(os.path.normpath(target))
+    if not name or name in (".", ".."):
+        raise SysfsError(f"link {path} points at {target!r}, which names nothing")
+    return name
+
+
+def resolve_inside(path: Path, root: Path) -> Path:
+    """Follow `path` to a real directory inside `root`; raise for dangling links, loops and escapes."""
+    try:
+        resolved = path.resolve(strict=True)
+    except FileNotFoundError as exc:
+        raise SysfsError(f"{path} is a dangling link") from exc
+    except RuntimeError as exc:  # Python < 3.13 reports symlink loops this way
+        raise SysfsError(f"{path} is a symlink loop") from exc
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP
+            raise SysfsError(f"{path} is a symlink loop") from exc
+        raise SysfsError(f"cannot resolve {path}: {_reason(exc)}") from exc
+    if not resolved.is_relative_to(root.resolve()):
+        raise SysfsError(f"{path} points outside {root} (to {resolved})")
+    if not resolved.is_dir():
+        raise SysfsError(f"{path} is not a directory")
+    return resolved
+
+
+def group_number(device_dir: Path, sysfs_root: Path) -> int | None:
+    """The IOMMU group of a device: the basename of its `iommu_group` link, as DPDK and sriov-dp read it.
+
+    The link must also land on `kernel/iommu_groups/<N>` of this tree, so a group that points elsewhere
+    is reported rather than trusted."""
+    link = device_dir / "iommu_group"
+    name = link_name(link)
+    if name is None:
+        return None
+    if not _GROUP_NUMBER.match(name):
+        raise SysfsError(f"{link} names group {name!r}, which is not a number")
+    expected = (sysfs_root / "kernel/iommu_groups" / name).resolve()
+    try:
+        actual = link.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise SysfsError(f"{link} does not lead to kernel/iommu_groups/{name}: {_reason(exc)}") from exc
+    if actual != expected:
+        raise SysfsError(f"{link} points at {actual}, not at kernel/iommu_groups/{name}")
+    return int(name)
+
+
+def subdirectories(path: Path) -> list[str]:
+    """Names of real subdirectories (not symlinks), sorted: what DPDK's DT_DIR scan of a container sees."""
+    try:
+        with os.scandir(path) as entries:
+            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise SysfsError(f"cannot list {path}: {_reason(exc)}") from exc
+
+
+def entries(path: Path) -> list[str]:
+    """Every name in a directory, sorted; [] when the directory does not exist."""
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise SysfsError(f"cannot list {path}: {_reason(exc)}") from exc
+
+
+def device_node(path: Path, dev_root: Path) -> str | None:
+    """`path` as a host path when it is a usable device node: a character device, or a regular file standing
+    in for one in a generated tree. Symlinks and directories never count, and nothing outside `dev_root`."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SysfsError(f"cannot stat {path}: {_reason(exc)}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise SysfsError(f"{path} is a symlink, not a device node; ignored")
+    if not (stat.S_ISCHR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise SysfsError(f"{path} is not a character device; ignored")
+    real_parent = Path(os.path.realpath(path.parent))
+    if not real_parent.is_relative_to(Path(os.path.realpath(dev_root))):
+        raise SysfsError(f"{path} lies outside {dev_root}; ignored")
+    return str(path)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
