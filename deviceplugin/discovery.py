@@ -34,7 +34,7 @@ def discover(sysfs_root: Path, dev_root: Path) -> Inventory:
         problems.append(str(exc))
         vfio_node = None
     for problem in problems:
-        log.warning("discovery: %s", problem)
+        log.debug("discovery: %s", problem)
     return Inventory(
         containers=containers,
         pci=pci,
@@ -49,9 +49,7 @@ def discover(sysfs_root: Path, dev_root: Path) -> Inventory:
 _Record = TypeVar("_Record", FslMcContainer, PciDevice)
 
 
-def _checked(
-    record: _Record, name: str, groups: dict[int, IommuGroup], problems: list[str]
-) -> _Record:
+def _checked(record: _Record, name: str, groups: dict[int, IommuGroup], problems: list[str]) -> _Record:
     """Drop a group claim the group itself does not confirm: its viability would not cover this device."""
     number = record.iommu_group
     if number is None:

@@ -24,7 +24,7 @@ from deviceplugin.records import (
     PoolDevice,
     ResourcePool,
 )
-from deviceplugin.selectors import FslMcSelectors, PciSelectors
+from deviceplugin.selectors import FslMcSelectors, PciSelectors, binding
 
 VFIO_CONTAINER_PATH = "/dev/vfio/vfio"
 
@@ -163,18 +163,17 @@ def _fslmc_units(cfg: PoolConfig, inventory: Inventory, known: set[str]) -> list
     return units
 
 
-def _fslmc_unit(
-    container: FslMcContainer, selectors: FslMcSelectors, inventory: Inventory, known: set[str]
-) -> _Unit:
+def _fslmc_unit(container: FslMcContainer, selectors: FslMcSelectors, inventory: Inventory, known: set[str]) -> _Unit:
     not_eligible = []
     if container.driver != VFIO_FSL_MC:
-        not_eligible.append(f"{container.name} is bound to {container.driver or 'no driver'}, not {VFIO_FSL_MC}")
-    if (reason := selectors.state_mismatch(container)) is not None and container.driver == VFIO_FSL_MC:
+        not_eligible.append(f"{container.name} needs driver {VFIO_FSL_MC} but is {binding(container.driver)}")
+    elif (reason := selectors.driver_mismatch(container)) is not None:
         not_eligible.append(reason)
+    # An unbound container shows no objects at all, so its counts say nothing until it is bound.
+    elif (reason := selectors.objects_shortfall(container)) is not None:
+        not_eligible.append(f"minObjects: {reason}")
     if container.iommu_group is None:
         not_eligible.append(f"{container.name} has no IOMMU group")
-    if (reason := selectors.objects_shortfall(container)) is not None:
-        not_eligible.append(f"minObjects: {reason}")
     unhealthy = []
     nodes: tuple[DeviceNode, ...] = ()
     groups: tuple[int, ...] = ()
@@ -204,50 +203,44 @@ def _pci_units(cfg: PoolConfig, inventory: Inventory, known: set[str]) -> list[_
     assert isinstance(selectors, PciSelectors)
     by_address = {fn.address: fn for fn in inventory.pci}
     bridges = {fn.address for fn in inventory.pci if fn.is_bridge}
+
+    def selected(addresses: list[str], sticky: bool) -> list[PciDevice]:
+        named = [by_address[a] for a in addresses if a in by_address]
+        named = [fn for fn in named if selectors.identity_mismatch(fn) is None]
+        return [fn for fn in named if sticky or selectors.pf_mismatch(fn) is None]
+
     units: list[_Unit] = []
     members_of: dict[int, set[str]] = {n: set(g.members) for n, g in inventory.groups.items()}
     for fn in inventory.pci:
         if fn.iommu_group is not None:
             members_of.setdefault(fn.iommu_group, set()).add(fn.address)
-    for fn in inventory.pci:
-        if selectors.identity_mismatch(fn) is not None:
-            continue
-        if fn.is_bridge:
-            units.append(_Unit(fn.address, (fn.address,), excluded="PCI bridge: never handed out"))
-        elif fn.iommu_group is None:
+        elif not fn.is_bridge and selected([fn.address], fn.address in known):
             no_group = [f"{fn.address} has no IOMMU group"]
             units.append(_pci_unit(fn.address, [fn], None, selectors, inventory, known, no_group))
+    for fn in selected(sorted(bridges), sticky=False):
+        units.append(_Unit(fn.address, (fn.address,), excluded="PCI bridge: never handed out"))
     for number, member_names in sorted(members_of.items()):
         # Bridges may share a group (kernel-owned on pcieport); every other member travels with the unit.
         functions = sorted(member_names - bridges)
-        matched = [
-            by_address[a] for a in functions if a in by_address and selectors.identity_mismatch(by_address[a]) is None
-        ]
+        if not functions:
+            continue
+        unit_id = functions[0] if len(functions) == 1 else f"iommu-group-{number}"
+        matched = selected(functions, unit_id in known)
         if not matched:
             continue
         if len(functions) == 1:
-            units.append(_pci_unit(functions[0], matched, number, selectors, inventory, known, []))
+            units.append(_pci_unit(unit_id, matched, number, selectors, inventory, known, []))
             continue
-        unit_id = f"iommu-group-{number}"
+        listing = f"IOMMU group {number} holds {len(functions)} functions ({', '.join(functions)})"
         if cfg.iommu_groups == "exclude":
-            units.append(
-                _Unit(
-                    unit_id,
-                    tuple(functions),
-                    excluded=f"IOMMU group {number} holds {len(functions)} functions ({', '.join(functions)}) "
-                    "and iommuGroups is exclude",
-                )
-            )
+            units.append(_Unit(unit_id, tuple(functions), excluded=f"{listing} and iommuGroups is exclude"))
             continue
         foreign = [a for a in functions if a not in {fn.address for fn in matched}]
-        problems = []
-        if foreign:
-            problems.append(
-                f"IOMMU group {number} also holds {', '.join(foreign)}, which the selectors do not take "
-                "(a group is never split)"
-            )
-        units.append(_pci_unit(unit_id, matched, number, selectors, inventory, known, problems, functions))
-    return sorted(units, key=lambda u: (u.claims[0] if u.claims else u.id, u.id))
+        split = [f"{listing}; the selectors do not take {', '.join(foreign)} and a group is never split"]
+        units.append(
+            _pci_unit(unit_id, matched, number, selectors, inventory, known, split if foreign else [], functions)
+        )
+    return sorted(units, key=lambda u: (u.claims[0], u.id))
 
 
 def _pci_unit(
@@ -260,24 +253,26 @@ def _pci_unit(
     not_eligible: list[str],
     addresses: list[str] | None = None,
 ) -> _Unit:
+    """One advertised PCI unit from the `functions` the selectors took (all of `addresses`, unless split)."""
     not_eligible = list(not_eligible)
     for fn in functions:
-        if (reason := selectors.state_mismatch(fn)) is not None:
+        if (reason := selectors.pf_mismatch(fn) or selectors.driver_mismatch(fn)) is not None:
             not_eligible.append(reason)
         elif not is_vfio_driver(fn.driver):
-            not_eligible.append(f"{fn.address} is bound to {fn.driver or 'no driver'}, not a vfio driver")
+            not_eligible.append(f"{fn.address} needs a vfio driver but is {binding(fn.driver)}")
     unhealthy = _group_health(inventory, group) if group is not None else []
     numa = {fn.numa_node for fn in functions}
+    all_addresses = tuple(addresses or sorted(fn.address for fn in functions))
     return _unit(
         unit_id,
-        tuple(addresses or [fn.address for fn in functions]),
+        all_addresses,
         known,
         not_eligible,
         unhealthy,
         kind=DeviceType.PCI,
         iommu_groups=(group,) if group is not None else (),
         numa_node=numa.pop() if len(numa) == 1 else None,
-        pci_addresses=tuple(addresses or sorted(fn.address for fn in functions)),
+        pci_addresses=all_addresses,
         pfs=tuple(sorted({fn.pf_address for fn in functions if fn.pf_address})),
         nodes=(_vfio_node(inventory), _group_node(inventory, group)) if group is not None else (),
     )

@@ -4,7 +4,9 @@ are alternatives (OR); a key that is not given matches everything.
 Selectors are split by what they look at. *Identity* selectors (vendors, devices, pciAddresses, rootDevices,
 containers) name a device; *state* selectors (drivers, pfNames, minObjects) look at what the device is bound
 to or holds right now. A device already advertised that stops matching a state selector stays in its pool as
-unhealthy, so kubelet sees it go Unhealthy instead of vanishing (see pools.py).
+unhealthy, so kubelet sees it go Unhealthy instead of vanishing (see pools.py). A new device failing
+`drivers` or `minObjects` is listed as left out with the reason; one failing `pfNames` is simply not selected
+(pools split by PF would otherwise list each other's devices).
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from deviceplugin.records import FslMcContainer, PciDevice
 
 
 def _one_of(values: tuple[str, ...]) -> str:
-    return ", ".join(values)
+    return " or ".join(values)
+
+
+def binding(driver: str | None) -> str:
+    """`bound to i40e` / `unbound`, for reasons shown to operators."""
+    return f"bound to {driver}" if driver else "unbound"
 
 
 @dataclass(frozen=True)
@@ -45,12 +52,16 @@ class PciSelectors:
             return f"neither root device {fn.root_device} nor PF {fn.pf_address} is one of {_one_of(self.root_devices)}"
         return None
 
-    def state_mismatch(self, fn: PciDevice) -> str | None:
-        """Why `fn`'s current binding does not satisfy the pool; None when it does."""
-        if self.drivers is not None and fn.driver not in self.drivers:
-            return f"{fn.address} is bound to {fn.driver or 'no driver'}, not {_one_of(self.drivers)}"
+    def pf_mismatch(self, fn: PciDevice) -> str | None:
+        """pfNames picks devices by their PF's current netdev name: a new device that fails it is simply not
+        selected; a device already advertised that fails it (the PF lost its netdev) turns Unhealthy."""
         if self.pf_names is not None and fn.pf_name not in self.pf_names:
-            return f"{fn.address} has PF {fn.pf_name or 'without a netdev'}, not {_one_of(self.pf_names)}"
+            return f"{fn.address} needs PF {_one_of(self.pf_names)} but its PF is {fn.pf_name or 'without a netdev'}"
+        return None
+
+    def driver_mismatch(self, fn: PciDevice) -> str | None:
+        if self.drivers is not None and fn.driver not in self.drivers:
+            return f"{fn.address} needs driver {_one_of(self.drivers)} but is {binding(fn.driver)}"
         return None
 
 
@@ -67,9 +78,9 @@ class FslMcSelectors:
             return f"{container.name} is not one of {_one_of(self.containers)}"
         return None
 
-    def state_mismatch(self, container: FslMcContainer) -> str | None:
+    def driver_mismatch(self, container: FslMcContainer) -> str | None:
         if self.drivers is not None and container.driver not in self.drivers:
-            return f"{container.name} is bound to {container.driver or 'no driver'}, not {_one_of(self.drivers)}"
+            return f"{container.name} needs driver {_one_of(self.drivers)} but is {binding(container.driver)}"
         return None
 
     def objects_shortfall(self, container: FslMcContainer) -> str | None:
