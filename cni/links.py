@@ -1,0 +1,289 @@
+"""Kernel link, address and route operations over pyroute2, named for what they do (the reference `pkg/ip`).
+
+Every function takes the `IPRoute` of the namespace it acts in; none changes the calling thread's namespace.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cni.errors import INTERNAL, CniError
+from cni.result import IPConfig, Route
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+log = logging.getLogger(__name__)
+
+IFA_F_NODAD = 0x02
+IFA_F_NOPREFIXROUTE = 0x200
+SCOPE_LINK = 253
+_MAIN_TABLE = 254
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What the kernel reports for one link."""
+
+    index: int
+    name: str
+    mac: str
+    mtu: int
+    kind: str
+    master: int
+    operstate: str
+    promisc: bool
+
+
+def _netlink_errno(exc: BaseException) -> int | None:
+    return getattr(exc, "code", None) if exc.__class__.__name__ == "NetlinkError" else None
+
+
+def link_index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_state(ipr: IPRoute, index: int) -> LinkState:
+    msg = ipr.get_links(index)[0]
+    return LinkState(
+        index=index,
+        name=msg.get("IFLA_IFNAME"),
+        mac=msg.get("IFLA_ADDRESS") or "",
+        mtu=msg.get("IFLA_MTU") or 0,
+        kind=msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "",
+        master=msg.get("IFLA_MASTER") or 0,
+        operstate=msg.get("IFLA_OPERSTATE") or "",
+        promisc=bool(msg["flags"] & 0x100),
+    )
+
+
+def macvlan_mode(ipr: IPRoute, index: int) -> str:
+    msg = ipr.get_links(index)[0]
+    mode = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_MACVLAN_MODE")
+    names = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
+    return names.get(mode, str(mode)) if isinstance(mode, int) else str(mode)
+
+
+def setup_veth(host: IPRoute, netns_fd: int, ifname: str, mtu: int = 0, mac: str = "") -> str:
+    """Create a veth pair: `ifname` directly in the pod netns, a random `veth%08x` peer in the host. Returns the
+    host name. The caller has checked that `ifname` is free in the pod."""
+    peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": netns_fd}
+    extra: dict[str, Any] = {}
+    if mtu:
+        peer["mtu"] = extra["mtu"] = mtu
+    if mac:
+        peer["address"] = mac
+    for _ in range(10):
+        host_name = f"veth{secrets.token_hex(4)}"
+        try:
+            host.link("add", ifname=host_name, kind="veth", peer=peer, **extra)
+            return host_name
+        except Exception as exc:
+            if _netlink_errno(exc) != errno.EEXIST:
+                raise CniError(INTERNAL, f"failed to create veth {host_name}/{ifname}: {exc}") from exc
+            # EEXIST: either our random host name collided (retry) or the pod gained `ifname` meanwhile.
+    raise CniError(INTERNAL, f"failed to create a veth for {ifname}: no free host name after 10 attempts")
+
+
+def create_macvlan(ipr: IPRoute, master: int, mode: str, netns_fd: int | None, mtu: int = 0, mac: str = "") -> str:
+    """Create a macvlan on `master` under a random temporary name, directly in the pod netns when `netns_fd` is
+    given (the reference works around a kernel name clash this way). Returns the temporary name."""
+    attrs: dict[str, Any] = {"kind": "macvlan", "link": master, "macvlan_mode": mode}
+    if netns_fd is not None:
+        attrs["net_ns_fd"] = netns_fd
+    if mtu:
+        attrs["mtu"] = mtu
+    if mac:
+        attrs["address"] = mac
+    for _ in range(10):
+        temp = f"mv{secrets.token_hex(4)}"
+        try:
+            ipr.link("add", ifname=temp, **attrs)
+            return temp
+        except Exception as exc:
+            if _netlink_errno(exc) != errno.EEXIST:
+                raise CniError(INTERNAL, f"failed to create macvlan on master index {master}: {exc}") from exc
+    raise CniError(INTERNAL, "failed to create a macvlan: no free temporary name after 10 attempts")
+
+
+def rename_link(ipr: IPRoute, index: int, name: str) -> None:
+    try:
+        ipr.link("set", index=index, ifname=name)
+    except Exception as exc:
+        raise CniError(INTERNAL, f"failed to rename link {index} to {name!r}: {exc}") from exc
+
+
+def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filtering: bool) -> LinkState:
+    """Create the bridge if absent (a concurrent ADD creating it too is fine), check it is one, and bring it up."""
+    index = link_index(host, name)
+    if index is None:
+        attrs: dict[str, Any] = {"kind": "bridge"}
+        if mtu:
+            attrs["mtu"] = mtu
+        try:
+            host.link("add", ifname=name, **attrs)
+        except Exception as exc:
+            if _netlink_errno(exc) != errno.EEXIST:
+                raise CniError(INTERNAL, f"failed to create bridge {name!r}: {exc}") from exc
+        index = link_index(host, name)
+        if index is None:
+            raise CniError(INTERNAL, f"bridge {name!r} vanished right after creation")
+    state = link_state(host, index)
+    if state.kind != "bridge":
+        raise CniError(INTERNAL, f"{name!r} already exists but is a {state.kind or 'plain'} link, not a bridge")
+    if vlan_filtering:
+        host.link("set", index=index, kind="bridge", br_vlan_filtering=1)
+    if promisc and not state.promisc:
+        host.link("set", index=index, flags=0x100, mask=0x100)
+    if state.operstate not in ("UP", "UNKNOWN") or not _is_up(host, index):
+        host.link("set", index=index, state="up")
+    return state
+
+
+def _is_up(ipr: IPRoute, index: int) -> bool:
+    return bool(ipr.get_links(index)[0]["flags"] & 0x1)
+
+
+def attach_port(host: IPRoute, port: int, bridge: int, hairpin: bool, vlan: int) -> None:
+    """Enslave `port` to `bridge`, set hairpin and the access VLAN, and bring it up."""
+    host.link("set", index=port, master=bridge)
+    if hairpin:
+        host.brport("set", index=port, hairpin=1)
+    if vlan:
+        # Access port: untagged PVID `vlan` instead of the kernel's default VLAN 1.
+        host.vlan_filter("add", index=port, vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
+        host.vlan_filter("del", index=port, vlan_info={"vid": 1})
+    host.link("set", index=port, state="up")
+
+
+def wait_oper_up(ipr: IPRoute, index: int, timeout: float = 5.0) -> LinkState:
+    """Poll netlink until the link's operstate is UP (a bridge port forwards), backing off from 0 to 50 ms."""
+    deadline = time.monotonic() + timeout
+    pause = 0.0
+    while True:
+        state = link_state(ipr, index)
+        if state.operstate == "UP":
+            return state
+        if time.monotonic() >= deadline:
+            raise CniError(INTERNAL, f"link {state.name!r} did not come up within {timeout:g}s ({state.operstate})")
+        time.sleep(pause)
+        pause = min(0.05, pause * 2 or 0.001)
+
+
+def del_link_by_name(ipr: IPRoute, name: str) -> list[str]:
+    """Delete link `name`; returns the CIDRs it had, or [] when it did not exist (DEL must tolerate that)."""
+    index = link_index(ipr, name)
+    if index is None:
+        return []
+    addrs = [f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=index)]
+    try:
+        ipr.link("del", index=index)
+    except Exception as exc:
+        if _netlink_errno(exc) != errno.ENODEV:
+            raise CniError(INTERNAL, f"failed to delete link {name!r}: {exc}") from exc
+    return addrs
+
+
+def del_link_quietly(ipr: IPRoute, name: str) -> None:
+    """Rollback helper: delete `name` if present, log instead of raising."""
+    try:
+        del_link_by_name(ipr, name)
+    except Exception:
+        log.warning("rollback: could not delete link %s", name, exc_info=True)
+
+
+def add_address(ipr: IPRoute, index: int, cidr: str, nodad: bool = False, noprefixroute: bool = False) -> None:
+    iface = ipaddress.ip_interface(cidr)
+    flags = (IFA_F_NODAD if nodad and iface.version == 6 else 0) | (IFA_F_NOPREFIXROUTE if noprefixroute else 0)
+    kwargs: dict[str, Any] = {}
+    if flags:
+        kwargs["flags"] = flags
+    try:
+        ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **kwargs)
+    except Exception as exc:
+        if _netlink_errno(exc) != errno.EEXIST:
+            raise CniError(INTERNAL, f"failed to add address {cidr} to link {index}: {exc}") from exc
+
+
+def add_route(
+    ipr: IPRoute,
+    index: int,
+    dst: str,
+    gw: str = "",
+    scope: int | None = None,
+    src: str = "",
+    extra: Route | None = None,
+) -> None:
+    net = ipaddress.ip_network(dst, strict=False)
+    kwargs: dict[str, Any] = {"dst": str(net), "oif": index}
+    if gw:
+        kwargs["gateway"] = gw
+    if scope is not None:
+        kwargs["scope"] = scope
+    if src:
+        kwargs["prefsrc"] = src
+    if extra is not None:
+        if extra.priority:
+            kwargs["priority"] = extra.priority
+        if extra.table:
+            kwargs["table"] = extra.table
+        metrics = {}
+        if extra.mtu:
+            metrics["RTAX_MTU"] = extra.mtu
+        if extra.advmss:
+            metrics["RTAX_ADVMSS"] = extra.advmss
+        if metrics:
+            kwargs["metrics"] = metrics
+    try:
+        ipr.route("add", **kwargs)
+    except Exception as exc:
+        if _netlink_errno(exc) != errno.EEXIST:
+            raise CniError(INTERNAL, f"failed to add route {dst} via {gw or 'link'}: {exc}") from exc
+
+
+def configure_iface(ipr: IPRoute, index: int, ips: Iterable[IPConfig], routes: Sequence[Route], nodad: bool) -> None:
+    """The reference `ipam.ConfigureIface`: addresses, link up, then routes through the per-family gateway."""
+    ips = list(ips)
+    for ip in ips:
+        add_address(ipr, index, ip.address, nodad=nodad)
+    ipr.link("set", index=index, state="up")
+    gateways = {ip.family: ip.gateway for ip in ips if ip.gateway}
+    for route in routes:
+        family = ipaddress.ip_network(route.dst, strict=False).version
+        gw = route.gw or gateways.get(family, "")
+        add_route(ipr, index, route.dst, gw, scope=route.scope, extra=route)
+
+
+def addresses(ipr: IPRoute, index: int) -> set[str]:
+    """The link's addresses as normalised CIDRs."""
+    return {str(ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")) for a in ipr.get_addr(index=index)}
+
+
+def routes(ipr: IPRoute, index: int | None = None) -> set[tuple[str, str]]:
+    """(dst network, gateway) of every main-table route, optionally only those out of `index`."""
+    found: set[tuple[str, str]] = set()
+    for family in (2, 10):
+        for r in ipr.get_routes(family=family, table=_MAIN_TABLE):
+            if index is not None and r.get("RTA_OIF") != index:
+                continue
+            zero = "0.0.0.0" if family == 2 else "::"
+            dst = f"{r.get('RTA_DST') or zero}/{r['dst_len']}"
+            found.add((str(ipaddress.ip_network(dst, strict=False)), r.get("RTA_GATEWAY") or ""))
+    return found
+
+
+def default_route_link(ipr: IPRoute) -> int | None:
+    """The output link of the IPv4 (else IPv6) default route, the reference macvlan's default master."""
+    for family in (2, 10):
+        for r in ipr.get_routes(family=family, table=_MAIN_TABLE):
+            if r["dst_len"] == 0 and r.get("RTA_OIF"):
+                return r.get("RTA_OIF")
+    return None

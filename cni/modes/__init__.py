@@ -1,0 +1,183 @@
+"""What every mode shares: the per-call context, the IPAM delegation, and the mode registry.
+
+A mode module (`veth`, `macvlan`, `bridge`) exposes `cmd_add(call) -> Result`, `cmd_del(call)` and
+`cmd_check(call)`; it never sees env vars or stdin.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import logging
+from dataclasses import dataclass, replace
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from cni.errors import INTERNAL, INVALID_CONFIG, CniError
+from cni.netconf import NetConf
+from cni.request import CniRequest
+from cni.result import Interface, Result, parse_result
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One command for one attachment. `netns_fd` is an open fd on `req.netns` (None when DEL finds no netns)."""
+
+    req: CniRequest
+    conf: NetConf
+    netns_fd: int | None
+
+
+def mode_module(mode: str) -> ModuleType:
+    return importlib.import_module(f"cni.modes.{mode}")
+
+
+# --- IPAM delegation (the built-ins and external plugins live in cni.ipam) -------------------------------------
+
+
+def _ipam_request(call: Call) -> Any:
+    from cni.ipam import IpamRequest
+
+    req = call.req
+    return IpamRequest(
+        command=req.command,
+        container_id=req.container_id,
+        ifname=req.ifname,
+        netns=req.netns,
+        cni_args=req.args,
+        cni_path=req.path,
+        env=req.env,
+        netconf=call.conf.raw,
+    )
+
+
+def ipam_add(call: Call) -> Result:
+    """IPAM ADD, or an empty result for an L2-only config (no `ipam`)."""
+    if call.conf.ipam is None:
+        return Result()
+    from cni.ipam import ipam_add as add
+
+    return parse_result(add(_ipam_request(call)), "1.1.0", "IPAM result")
+
+
+def ipam_del(call: Call) -> None:
+    if call.conf.ipam is not None:
+        from cni.ipam import ipam_del as delete
+
+        delete(_ipam_request(call))
+
+
+def ipam_release_quietly(call: Call) -> None:
+    """Rollback: release what IPAM ADD reserved, logging (not raising) a failure so the original error wins."""
+    try:
+        ipam_del(replace(call, req=replace(call.req, command="DEL")))
+    except Exception:
+        log.warning("rollback: IPAM release failed for %s/%s", call.req.container_id, call.req.ifname, exc_info=True)
+
+
+def ipam_check(call: Call) -> None:
+    if call.conf.ipam is not None:
+        from cni.ipam import ipam_check as check
+
+        check(_ipam_request(call))
+
+
+def ipam_gc(call: Call, valid: list[tuple[str, str]]) -> None:
+    if call.conf.ipam is not None:
+        from cni.ipam import ipam_gc as gc
+
+        gc(_ipam_request(call), valid)
+
+
+def ipam_status(call: Call) -> None:
+    if call.conf.ipam is not None:
+        from cni.ipam import ipam_status as status
+
+        status(_ipam_request(call))
+
+
+# --- pieces of the result every mode builds ----------------------------------------------------------------------
+
+
+def container_result(call: Call, ipam: Result, interfaces: list[Interface], extra_routes: tuple = ()) -> Result:
+    """The mode's result: its interfaces, IPAM's addresses on the last one (the container side), IPAM's routes,
+    and the config's DNS if it has any (it overrides IPAM's, as in the reference plugins)."""
+    index = len(interfaces) - 1
+    ips = tuple(replace(ip, interface=index) for ip in ipam.ips)
+    dns = ipam.dns if call.conf.dns.empty else call.conf.dns
+    return Result(interfaces=tuple(interfaces), ips=ips, routes=(*ipam.routes, *extra_routes), dns=dns)
+
+
+def chain(prev: Result | None, ours: Result) -> Result:
+    """Our result appended to a previous plugin's: its interfaces first, our ip indexes shifted past them."""
+    if prev is None:
+        return ours
+    shift = len(prev.interfaces)
+    ips = tuple(replace(ip, interface=None if ip.interface is None else ip.interface + shift) for ip in ours.ips)
+    return Result(
+        interfaces=(*prev.interfaces, *ours.interfaces),
+        ips=(*prev.ips, *ips),
+        routes=(*prev.routes, *ours.routes),
+        dns=prev.dns if ours.dns.empty else ours.dns,
+    )
+
+
+def require_free_ifname(pod: IPRoute, ifname: str, netns: str) -> None:
+    """The spec: if CNI_IFNAME already exists in the container, ADD must fail."""
+    from cni.links import link_index
+
+    if link_index(pod, ifname) is not None:
+        raise CniError(INTERNAL, f"container interface {ifname!r} already exists in netns {netns!r}")
+
+
+def families(ipam: Result) -> set[int]:
+    return {ipaddress.ip_interface(ip.address).version for ip in ipam.ips}
+
+
+def prev_container_iface(call: Call) -> tuple[Result, int]:
+    """CHECK: prevResult and the index of the interface that is ours (named CNI_IFNAME, in this sandbox)."""
+    prev = call.conf.prev_result
+    if prev is None:
+        raise CniError(INVALID_CONFIG, "CHECK: prevResult is required")
+    for n, iface in enumerate(prev.interfaces):
+        if iface.name == call.req.ifname and iface.sandbox == call.req.netns:
+            return prev, n
+    raise CniError(INTERNAL, f"CHECK: prevResult has no interface {call.req.ifname!r} in sandbox {call.req.netns!r}")
+
+
+def check_container_iface(call: Call, pod: IPRoute, prev: Result, index: int, kind: str) -> int:
+    """CHECK the container side: the link exists with the kind and MAC of prevResult, carries every address
+    prevResult gives it, and every prevResult route through it exists. Returns the link index."""
+    from cni.links import addresses, link_index, link_state, routes
+
+    ifname = call.req.ifname
+    link = link_index(pod, ifname)
+    if link is None:
+        raise CniError(INTERNAL, f"CHECK: container interface {ifname!r} not found in {call.req.netns!r}")
+    state = link_state(pod, link)
+    if state.kind != kind:
+        raise CniError(INTERNAL, f"CHECK: {ifname!r} is a {state.kind or 'plain'} link, expected {kind}")
+    expected_mac = prev.interfaces[index].mac
+    if expected_mac and state.mac.lower() != expected_mac.lower():
+        raise CniError(INTERNAL, f"CHECK: {ifname!r} has MAC {state.mac}, prevResult says {expected_mac}")
+    have = addresses(pod, link)
+    mine = [ip for ip in prev.ips if ip.interface == index]
+    for ip in mine:
+        if str(ipaddress.ip_interface(ip.address)) not in have:
+            raise CniError(INTERNAL, f"CHECK: address {ip.address} missing on {ifname!r}")
+    present = routes(pod)
+    gateways = {ip.family: ip.gateway for ip in mine if ip.gateway}
+    our_families = {ip.family for ip in mine}
+    for route in prev.routes:
+        family = ipaddress.ip_network(route.dst, strict=False).version
+        if family not in our_families:
+            continue
+        gw = route.gw or gateways.get(family, "")
+        if (route.dst, gw) not in present:
+            raise CniError(INTERNAL, f"CHECK: route {route.dst} via {gw or 'link'} missing in {call.req.netns!r}")
+    return link

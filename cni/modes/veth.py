@@ -1,0 +1,144 @@
+"""Mode `veth`: a point-to-point veth pair routed through the host, like the reference `ptp`.
+
+The host end carries the gateway as /32 (/128), the same on every pod's host veth, and a host route
+podIP/32 points at it; the pod reaches the gateway through a link-scope route and everything else via it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import TYPE_CHECKING
+
+from cni.errors import INTERNAL, INVALID_CONFIG, CniError
+from cni.links import (
+    SCOPE_LINK,
+    add_address,
+    add_route,
+    del_link_by_name,
+    del_link_quietly,
+    link_index,
+    link_state,
+    setup_veth,
+)
+from cni.modes import (
+    Call,
+    check_container_iface,
+    container_result,
+    families,
+    ipam_add,
+    ipam_check,
+    ipam_del,
+    ipam_release_quietly,
+    prev_container_iface,
+    require_free_ifname,
+)
+from cni.netns import host_netlink, netlink_in, run_in_netns, write_sysctl
+from cni.result import Interface, Result
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+log = logging.getLogger(__name__)
+
+
+def enable_forwarding(fams: set[int]) -> None:
+    """Host-wide IP forwarding for the families in use (the reference `ip.EnableForward`)."""
+    if 4 in fams:
+        write_sysctl("net/ipv4/ip_forward", "1")
+    if 6 in fams:
+        write_sysctl("net/ipv6/conf/all/forwarding", "1")
+
+
+def pod_sysctls(ifname: str, fams: set[int]) -> None:
+    """Run inside the pod: announce the new MAC (`arp_notify`, replacing gratuitous ARP) and allow IPv6 if used."""
+    write_sysctl(f"net/ipv4/conf/{ifname}/arp_notify", "1", missing_ok=True)
+    if 6 in fams:
+        write_sysctl("net/ipv6/conf/lo/disable_ipv6", "0", missing_ok=True)
+        write_sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0", missing_ok=True)
+
+
+def cmd_add(call: Call) -> Result:
+    req, conf = call.req, call.conf
+    assert call.netns_fd is not None
+    ipam = ipam_add(call)
+    try:
+        for ip in ipam.ips:
+            if not ip.gateway:
+                raise CniError(INVALID_CONFIG, f"mode veth: IPAM gave {ip.address} without a gateway")
+        fams = families(ipam)
+        if ipam.ips:
+            enable_forwarding(fams)
+        with host_netlink() as host, netlink_in(call.netns_fd) as pod:
+            require_free_ifname(pod, req.ifname, req.netns)
+            host_name = setup_veth(host, call.netns_fd, req.ifname, conf.mtu, conf.mac)
+            try:
+                return _wire(call, host, pod, host_name, ipam, fams)
+            except BaseException:
+                del_link_quietly(host, host_name)
+                raise
+    except BaseException:
+        ipam_release_quietly(call)
+        raise
+
+
+def _wire(call: Call, host: IPRoute, pod: IPRoute, host_name: str, ipam: Result, fams: set[int]) -> Result:
+    req = call.req
+    pod_link = link_index(pod, req.ifname)
+    host_link = link_index(host, host_name)
+    if pod_link is None or host_link is None:
+        raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
+    run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams))
+    for ip in ipam.ips:
+        # No connected subnet route: every destination, the subnet included, goes through the gateway.
+        add_address(pod, pod_link, ip.address, nodad=True, noprefixroute=True)
+    pod.link("set", index=pod_link, state="up")
+    for ip in ipam.ips:
+        pod_ip = ipaddress.ip_interface(ip.address)
+        host_bits = pod_ip.max_prefixlen
+        add_route(pod, pod_link, f"{ip.gateway}/{host_bits}", scope=SCOPE_LINK, src=str(pod_ip.ip))
+        add_route(pod, pod_link, str(pod_ip.network), gw=ip.gateway, src=str(pod_ip.ip))
+    for route in ipam.routes:
+        fam = ipaddress.ip_network(route.dst).version
+        gw = route.gw or next((ip.gateway for ip in ipam.ips if ip.family == fam), "")
+        add_route(pod, pod_link, route.dst, gw=gw, extra=route)
+    host.link("set", index=host_link, state="up")
+    for ip in ipam.ips:
+        pod_ip = ipaddress.ip_interface(ip.address)
+        host_bits = pod_ip.max_prefixlen
+        add_address(host, host_link, f"{ip.gateway}/{host_bits}", nodad=True)
+        add_route(host, host_link, f"{pod_ip.ip}/{host_bits}", scope=SCOPE_LINK)
+    host_state = link_state(host, host_link)
+    pod_state = link_state(pod, pod_link)
+    interfaces = [
+        Interface(name=host_name, mac=host_state.mac, mtu=host_state.mtu),
+        Interface(name=req.ifname, mac=pod_state.mac, sandbox=req.netns, mtu=pod_state.mtu),
+    ]
+    return container_result(call, ipam, interfaces)
+
+
+def cmd_del(call: Call) -> None:
+    # IPAM first, as the reference ptp does: the reservation must go even if the link cannot.
+    ipam_del(call)
+    if call.netns_fd is not None:
+        with netlink_in(call.netns_fd) as pod:
+            # Deleting the pod end deletes the host end, its /32 gateway address and the host route with it.
+            del_link_by_name(pod, call.req.ifname)
+
+
+def cmd_check(call: Call) -> None:
+    prev, index = prev_container_iface(call)
+    ipam_check(call)
+    assert call.netns_fd is not None
+    with netlink_in(call.netns_fd) as pod:
+        link = check_container_iface(call, pod, prev, index, "veth")
+        peer = pod.get_links(link)[0].get("IFLA_LINK")
+    with host_netlink() as host:
+        # ptp order: the host veth sits just before the container interface.
+        hosts = [prev.interfaces[index - 1]] if index > 0 and not prev.interfaces[index - 1].sandbox else []
+        for iface in hosts:
+            host_link = link_index(host, iface.name)
+            if host_link is None:
+                raise CniError(INTERNAL, f"CHECK: host veth {iface.name!r} not found")
+            if peer and host_link != peer:
+                raise CniError(INTERNAL, f"CHECK: host veth {iface.name!r} is not the peer of {call.req.ifname!r}")

@@ -1,0 +1,205 @@
+"""The vnfio network configuration: the common CNI keys plus each mode's options, validated.
+
+Structurally wrong input (missing key, wrong type, bad address) is code 7; a well-formed key whose value vnfio
+does not support is code 2. Both name the key and the value, as the spec asks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
+from cni.request import CniRequest
+from cni.result import DNS, Result, parse_dns, parse_result
+from cni.versions import SUPPORTED
+
+MODES = ("veth", "macvlan", "bridge")
+MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+
+
+@dataclass(frozen=True)
+class BridgeOptions:
+    bridge: str = "cni0"
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    force_address: bool = False
+    hairpin_mode: bool = False
+    promisc_mode: bool = False
+    vlan: int = 0
+
+
+@dataclass(frozen=True)
+class MacvlanOptions:
+    master: str = ""  # empty: the interface of the default route
+    mode: str = "bridge"
+    link_in_container: bool = False
+
+
+@dataclass(frozen=True)
+class NetConf:
+    """One plugin's request config. `raw` is the whole JSON as received: IPAM delegates get exactly that."""
+
+    cni_version: str
+    name: str
+    mode: str
+    raw: Mapping[str, Any]
+    mtu: int = 0
+    mac: str = ""
+    ipam: Mapping[str, Any] | None = None
+    dns: DNS = field(default_factory=DNS)
+    prev_result: Result | None = None
+    bridge: BridgeOptions = field(default_factory=BridgeOptions)
+    macvlan: MacvlanOptions = field(default_factory=MacvlanOptions)
+
+
+def check_version(raw: Mapping[str, Any]) -> str:
+    """The config's cniVersion if vnfio speaks it; a missing one means 0.1.0, which it does not (code 1)."""
+    version = raw.get("cniVersion") or "0.1.0"
+    if version not in SUPPORTED:
+        raise CniError(
+            INCOMPATIBLE_VERSION,
+            f"incompatible CNI versions: config is {version!r}, plugin supports {', '.join(SUPPORTED)}",
+        )
+    return str(version)
+
+
+def _bool(raw: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise CniError(INVALID_CONFIG, f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _str(raw: Mapping[str, Any], key: str, default: str = "") -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise CniError(INVALID_CONFIG, f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _int(raw: Mapping[str, Any], key: str, low: int, high: int, default: int = 0) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CniError(INVALID_CONFIG, f"{key}: expected an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _mac(value: Any, source: str) -> str:
+    if not isinstance(value, str) or not _MAC.match(value):
+        raise CniError(INVALID_CONFIG, f"{source}: invalid MAC address {value!r}")
+    return value.lower()
+
+
+def _link_name(raw: Mapping[str, Any], key: str, default: str) -> str:
+    from cni.request import validate_ifname
+
+    value = _str(raw, key, default)
+    problem = validate_ifname(value)
+    if problem:
+        raise CniError(INVALID_CONFIG, f"{key}: interface name {problem}")
+    return value
+
+
+def _bridge_options(raw: Mapping[str, Any]) -> BridgeOptions:
+    opts = BridgeOptions(
+        bridge=_link_name(raw, "bridge", "cni0"),
+        is_gateway=_bool(raw, "isGateway") or _bool(raw, "isDefaultGateway"),
+        is_default_gateway=_bool(raw, "isDefaultGateway"),
+        force_address=_bool(raw, "forceAddress"),
+        hairpin_mode=_bool(raw, "hairpinMode"),
+        promisc_mode=_bool(raw, "promiscMode"),
+        vlan=_int(raw, "vlan", 0, 4094),
+    )
+    if opts.hairpin_mode and opts.promisc_mode:
+        raise CniError(INVALID_CONFIG, "hairpinMode: true cannot be combined with promiscMode: true")
+    if _bool(raw, "macspoofchk"):
+        raise CniError(UNSUPPORTED_FIELD, "macspoofchk: true is not supported by vnfio (no nftables backend)")
+    if opts.vlan and opts.is_gateway:
+        raise CniError(UNSUPPORTED_FIELD, f"vlan: {opts.vlan} together with isGateway: true is not supported by vnfio")
+    for key in ("vlanTrunk", "portIsolation", "disableContainerInterface"):
+        if raw.get(key):
+            raise CniError(UNSUPPORTED_FIELD, f"{key}: {raw[key]!r} is not supported by vnfio")
+    return opts
+
+
+def _macvlan_options(raw: Mapping[str, Any]) -> MacvlanOptions:
+    mode = _str(raw, "macvlanMode", "bridge")
+    if mode not in MACVLAN_MODES:
+        raise CniError(UNSUPPORTED_FIELD, f"macvlanMode: {mode!r} is not one of {', '.join(MACVLAN_MODES)}")
+    master = _str(raw, "master", "")
+    if master:
+        master = _link_name(raw, "master", "")
+    return MacvlanOptions(master=master, mode=mode, link_in_container=_bool(raw, "linkInContainer"))
+
+
+def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
+    """Validate the request config for `req.command`."""
+    if not isinstance(raw, Mapping):
+        raise CniError(INVALID_CONFIG, f"network config: expected a JSON object, got {type(raw).__name__}")
+    version = check_version(raw)
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise CniError(INVALID_CONFIG, f"name: {name!r} must start with an alphanumeric character, then [A-Za-z0-9_.-]")
+    mode = raw.get("mode")
+    if mode is None:
+        raise CniError(INVALID_CONFIG, f"mode: missing, expected one of {', '.join(MODES)}")
+    if mode not in MODES:
+        raise CniError(UNSUPPORTED_FIELD, f"mode: {mode!r} is not one of {', '.join(MODES)}")
+    if _bool(raw, "ipMasq"):
+        raise CniError(UNSUPPORTED_FIELD, "ipMasq: true is not supported by vnfio (no masquerade backend)")
+    runtime = raw.get("runtimeConfig") or {}
+    if not isinstance(runtime, Mapping):
+        raise CniError(INVALID_CONFIG, f"runtimeConfig: expected an object, got {runtime!r}")
+    args = raw.get("args") or {}
+    cni_args = args.get("cni") if isinstance(args, Mapping) else None
+    mtu = _int(raw, "mtu", 0, 65535)
+    if runtime.get("mtu") is not None:
+        mtu = _int(runtime, "mtu", 0, 65535)
+    # MAC precedence is the reference bridge's: CNI_ARGS MAC=, then args.cni.mac, then runtimeConfig.mac.
+    mac = ""
+    if req.args.get("MAC"):
+        mac = _mac(req.args["MAC"], "CNI_ARGS MAC")
+    elif isinstance(cni_args, Mapping) and cni_args.get("mac"):
+        mac = _mac(cni_args["mac"], "args.cni.mac")
+    elif runtime.get("mac"):
+        mac = _mac(runtime["mac"], "runtimeConfig.mac")
+    ipam = raw.get("ipam")
+    if ipam is not None and (not isinstance(ipam, Mapping) or not isinstance(ipam.get("type"), str)):
+        raise CniError(INVALID_CONFIG, f"ipam: expected an object with a string 'type', got {ipam!r}")
+    if not ipam:
+        ipam = None
+    dns = parse_dns(raw.get("dns") or {}, "dns")
+    prev = raw.get("prevResult")
+    prev_result = parse_result(prev, version) if prev else None
+    for ips_source in (runtime.get("ips"),):
+        if ips_source is not None:
+            _check_ips(ips_source, "runtimeConfig.ips")
+    return NetConf(
+        cni_version=version,
+        name=name,
+        mode=mode,
+        raw=raw,
+        mtu=mtu,
+        mac=mac,
+        ipam=ipam,
+        dns=dns,
+        prev_result=prev_result,
+        bridge=_bridge_options(raw) if mode == "bridge" else BridgeOptions(),
+        macvlan=_macvlan_options(raw) if mode == "macvlan" else MacvlanOptions(),
+    )
+
+
+def _check_ips(value: Any, key: str) -> None:
+    if not isinstance(value, list):
+        raise CniError(INVALID_CONFIG, f"{key}: expected a list of addresses, got {value!r}")
+    for item in value:
+        try:
+            ipaddress.ip_interface(str(item))
+        except ValueError as exc:
+            raise CniError(INVALID_CONFIG, f"{key}: invalid address {item!r}") from exc

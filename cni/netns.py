@@ -1,0 +1,139 @@
+"""Entering a pod's network namespace without disturbing the calling thread.
+
+pyroute2's `IPRoute(netns=path)` forks a child to create its socket (~7.5 ms per handle here). Instead a short-lived
+thread `setns()`es into the target (network namespaces are per thread), creates the netlink socket or writes the
+sysctl there, and exits; the socket stays bound to that namespace. Cost ~1.3 ms including the IPRoute wrapper,
+and the caller's thread never changes namespace, so concurrent requests in the node daemon cannot leak into
+each other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from cni.errors import INVALID_NETNS, CniError
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_CLONE_NEWNET = 0x40000000
+_NETLINK_ROUTE = 0
+_libc_lock = threading.Lock()
+_libc: ctypes.CDLL | None = None
+
+
+class NetnsGone(Exception):
+    """The netns path does not exist (any more): DEL treats this as already cleaned up."""
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    with _libc_lock:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        libc = _libc
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def open_netns(path: str) -> int:
+    """An O_RDONLY fd on the netns at `path`; `NetnsGone` if it does not exist, code 8 if it is not a netns."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise NetnsGone(path) from exc
+    except OSError as exc:
+        raise CniError(INVALID_NETNS, f"failed to open netns {path!r}: {exc.strerror}") from exc
+    try:
+        check_netns_fd(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_netns_fd(fd: int, path: str) -> None:
+    """Refuse a fd that is not a network namespace, or is the plugin's own (the reference skel's code 8)."""
+    st = os.fstat(fd)
+    own = os.stat("/proc/self/ns/net")
+    if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+        raise CniError(INVALID_NETNS, f"netns {path!r} is the plugin's own network namespace")
+    import fcntl
+
+    ns_get_nstype = 0xB703  # NS_GET_NSTYPE = _IO(0xb7, 0x3): only nsfs files answer it
+    try:
+        nstype = fcntl.ioctl(fd, ns_get_nstype)
+    except OSError as exc:
+        raise CniError(INVALID_NETNS, f"{path!r} is not a network namespace: {exc.strerror}") from exc
+    if nstype != _CLONE_NEWNET:
+        raise CniError(INVALID_NETNS, f"{path!r} is not a network namespace")
+
+
+def run_in_netns(fd: int, func: Callable[[], T]) -> T:
+    """Run `func` in a fresh thread that has joined the netns `fd`; return its value or raise its exception."""
+    outcome: dict[str, object] = {}
+
+    def body() -> None:
+        try:
+            _setns(fd)
+            outcome["value"] = func()
+        except BaseException as exc:  # handed over to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=body, name="vnfio-netns", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+def netlink_in(fd: int) -> IPRoute:
+    """An `IPRoute` whose socket lives in the netns `fd` (the caller closes it)."""
+    from pyroute2 import IPRoute
+
+    def make() -> int:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE).detach()
+
+    sock_fd = run_in_netns(fd, make)
+    try:
+        return IPRoute(fileno=sock_fd)
+    except BaseException:
+        os.close(sock_fd)
+        raise
+
+
+def host_netlink() -> IPRoute:
+    """An `IPRoute` in the namespace the plugin runs in (the host)."""
+    from pyroute2 import IPRoute
+
+    return IPRoute()
+
+
+def write_sysctl(path: str, value: str, missing_ok: bool = False) -> None:
+    """Write `/proc/sys/<path>` in the current thread's netns (call through `run_in_netns` for a pod)."""
+    try:
+        with open(f"/proc/sys/{path}", "w") as f:
+            f.write(value)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+    except OSError as exc:
+        if exc.errno == errno.EROFS and missing_ok:
+            return
+        raise
+
+
+def read_sysctl(path: str) -> str:
+    with open(f"/proc/sys/{path}") as f:
+        return f.read().strip()

@@ -1,0 +1,153 @@
+"""The CNI skeleton: one invocation from (env, stdin) to (exit code, stdout text), for every mode.
+
+It validates the environment, negotiates the version, opens the pod netns, dispatches to the mode and prints the
+result at the config's version, or the error JSON. It never raises and never prints, so the node daemon can run
+several at once in threads; logs go to stderr through `logging`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from cni.errors import (
+    DECODE_FAILURE,
+    INCOMPATIBLE_VERSION,
+    INTERNAL,
+    INVALID_CONFIG,
+    NOT_AVAILABLE,
+    UNKNOWN_CONTAINER,
+    CniError,
+)
+from cni.versions import CURRENT, SUPPORTED, version_info
+
+log = logging.getLogger(__name__)
+
+
+def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> tuple[int, str]:
+    """Run one CNI command completely. `netns_fd`, if given, is an open fd on the pod netns used instead of opening
+    CNI_NETNS (which is still reported as the sandbox); it stays owned by the caller."""
+    version = CURRENT
+    try:
+        from cni.request import parse_env
+
+        req = parse_env(env)
+        if req.command == "VERSION":
+            return 0, json.dumps(_version_answer(stdin)) + "\n"
+        raw = _decode(stdin)
+        from cni.netconf import check_version
+
+        if isinstance(raw, Mapping):
+            version = check_version(raw)
+        return _run(req, raw, netns_fd)
+    except CniError as exc:
+        log.info("CNI %s failed: code %d: %s", env.get("CNI_COMMAND", ""), exc.code, exc.msg)
+        return 1, exc.to_json(version)
+    except Exception as exc:
+        log.exception("CNI %s failed unexpectedly", env.get("CNI_COMMAND", ""))
+        return 1, CniError(INTERNAL, f"internal error: {exc}").to_json(version)
+
+
+def _version_answer(stdin: bytes) -> dict[str, Any]:
+    answer = version_info()
+    try:
+        given = json.loads(stdin or b"{}").get("cniVersion")
+    except (ValueError, AttributeError):
+        given = None
+    if given:
+        answer["cniVersion"] = given
+    return answer
+
+
+def _decode(stdin: bytes) -> Any:
+    try:
+        return json.loads(stdin)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CniError(DECODE_FAILURE, f"failed to decode the network config on stdin: {exc}") from exc
+
+
+def _run(req: Any, raw: Any, netns_fd: int | None) -> tuple[int, str]:
+    from cni.netconf import parse_netconf
+    from cni.result import version_tuple
+
+    conf = parse_netconf(raw, req)
+    vt = version_tuple(conf.cni_version)
+    if req.command == "CHECK" and vt < (0, 4, 0):
+        raise CniError(INCOMPATIBLE_VERSION, f"config version {conf.cni_version} does not allow CHECK")
+    if req.command in ("GC", "STATUS") and vt < (1, 1, 0):
+        raise CniError(INCOMPATIBLE_VERSION, f"config version {conf.cni_version} does not allow {req.command}")
+    if req.command == "GC":
+        _gc(req, conf)
+        return 0, ""
+    if req.command == "STATUS":
+        _status(req, conf)
+        return 0, ""
+    from cni.modes import Call, chain, mode_module
+    from cni.netns import NetnsGone, check_netns_fd, open_netns
+
+    mode = mode_module(conf.mode)
+    owned_fd: int | None = None
+    fd = netns_fd
+    if fd is not None:
+        check_netns_fd(fd, req.netns)
+    elif req.netns:
+        try:
+            fd = owned_fd = open_netns(req.netns)
+        except NetnsGone:
+            if req.command != "DEL":
+                raise CniError(UNKNOWN_CONTAINER, f"netns {req.netns!r} does not exist") from None
+            log.info("DEL %s/%s: netns %s already gone, releasing IPAM only", req.container_id, req.ifname, req.netns)
+    try:
+        call = Call(req=req, conf=conf, netns_fd=fd)
+        if req.command == "ADD":
+            result = chain(conf.prev_result, mode.cmd_add(call))
+            return 0, json.dumps(result.to_dict(conf.cni_version)) + "\n"
+        if req.command == "DEL":
+            mode.cmd_del(call)
+            return 0, ""
+        mode.cmd_check(call)
+        return 0, ""
+    finally:
+        if owned_fd is not None:
+            os.close(owned_fd)
+
+
+def _valid_attachments(conf: Any) -> list[tuple[str, str]]:
+    raw = conf.raw.get("cni.dev/valid-attachments", conf.raw.get("cni.dev/attachments"))
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise CniError(INVALID_CONFIG, f"cni.dev/valid-attachments: expected a list, got {raw!r}")
+    valid = []
+    for item in raw:
+        if not isinstance(item, Mapping) or not isinstance(item.get("containerID"), str):
+            raise CniError(INVALID_CONFIG, f"cni.dev/valid-attachments: invalid entry {item!r}")
+        valid.append((item["containerID"], str(item.get("ifname", ""))))
+    return valid
+
+
+def _gc(req: Any, conf: Any) -> None:
+    """GC: links die with their netns, so only IPAM reservations can outlive an attachment."""
+    from cni.modes import Call, ipam_gc
+
+    ipam_gc(Call(req=req, conf=conf, netns_fd=None), _valid_attachments(conf))
+
+
+def _status(req: Any, conf: Any) -> None:
+    """STATUS: can ADD be served? A macvlan master that is configured but absent means no (code 50)."""
+    from cni.modes import Call, ipam_status
+
+    if conf.mode == "macvlan" and conf.macvlan.master and not conf.macvlan.link_in_container:
+        from cni.links import link_index
+        from cni.netns import host_netlink
+
+        with host_netlink() as host:
+            if link_index(host, conf.macvlan.master) is None:
+                raise CniError(NOT_AVAILABLE, f"macvlan master {conf.macvlan.master!r} does not exist")
+    ipam_status(Call(req=req, conf=conf, netns_fd=None))
+
+
+__all__ = ["SUPPORTED", "execute"]

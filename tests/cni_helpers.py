@@ -1,0 +1,281 @@
+"""Shared helpers for CNI tests: run the plugin, make unique network namespaces, ping, and check for debris.
+
+Everything created here carries a per-run random suffix so tests of several engineers can run side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import json
+import os
+import random
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE_DIR = Path("/usr/lib/cni")
+T = TypeVar("T")
+
+
+def suffix() -> str:
+    """A short random tag for names: link names must stay within 15 bytes."""
+    return secrets.token_hex(3)
+
+
+def random_subnet(prefix: int = 24) -> ipaddress.IPv4Network:
+    """A random 10.x.y.0/prefix: collisions with other test runs are unlikely and harmless inside our netns."""
+    return ipaddress.ip_network(f"10.{random.randint(64, 250)}.{random.randint(0, 255)}.0/{prefix}")
+
+
+def random_subnet6() -> ipaddress.IPv6Network:
+    return ipaddress.ip_network(f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::/64")
+
+
+# --- network namespaces ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Netns:
+    """A named netns under /run/netns, deleted by `close()` (idempotent)."""
+
+    name: str = field(default_factory=lambda: f"vnfio-t-{os.getpid()}-{suffix()}")
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    def create(self) -> Netns:
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        return self
+
+    def close(self) -> None:
+        if os.path.exists(self.path):
+            subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+    def run(self, func: Callable[[], T]) -> T:
+        """Run `func` in a thread that has entered this netns."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return in_netns_fd(fd, func)
+        finally:
+            os.close(fd)
+
+    def links(self) -> dict[str, dict[str, Any]]:
+        return {link["ifname"]: link for link in json.loads(self.ip("-j", "-d", "link", "show").stdout)}
+
+    def addresses(self, ifname: str) -> set[str]:
+        data = json.loads(self.ip("-j", "addr", "show", "dev", ifname).stdout)
+        return {f"{a['local']}/{a['prefixlen']}" for entry in data for a in entry.get("addr_info", [])}
+
+    def routes(self, family: str = "-4") -> list[dict[str, Any]]:
+        return json.loads(self.ip("-j", family, "route", "show").stdout)
+
+    def ip(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "-n", self.name, *args], check=True, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def netns() -> Iterator[Netns]:
+    ns = Netns().create()
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def in_netns_fd(fd: int, func: Callable[[], T]) -> T:
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            if _libc.setns(fd, 0x40000000) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            box["value"] = func()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# --- ping through a raw ICMP socket (there is no ping binary on these machines) ----------------------------------
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def _ping_once(target: str, timeout: float) -> bool:
+    addr = ipaddress.ip_address(target)
+    ident = random.randint(1, 0xFFFF)
+    if addr.version == 4:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
+        payload = b"vnfio-ping"
+        packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, 1) + payload
+        reply_type, offset = 0, 20
+    else:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        packet = struct.pack("!BBHHH", 128, 0, 0, ident, 1) + b"vnfio-ping"  # the kernel fills the checksum
+        reply_type, offset = 129, 0
+    with sock:
+        sock.settimeout(timeout)
+        sock.sendto(packet, (target, 0))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data, source = sock.recvfrom(2048)
+            except TimeoutError:
+                return False
+            icmp = data[offset:]
+            if len(icmp) >= 8 and icmp[0] == reply_type and struct.unpack("!H", icmp[4:6])[0] == ident:
+                return ipaddress.ip_address(source[0]) == addr
+    return False
+
+
+def ping(ns: Netns, target: str, attempts: int = 3, timeout: float = 1.0) -> bool:
+    """Echo `target` from inside `ns`; a few attempts allow for neighbour resolution and DAD right after ADD."""
+    return ns.run(lambda: any(_ping_once(target, timeout) for _ in range(attempts)))
+
+
+# --- running the plugin -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    out: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.out) if self.out.strip() else None
+
+    @property
+    def error_code(self) -> int | None:
+        data = self.json
+        return data.get("code") if self.code and isinstance(data, dict) else None
+
+
+def cni_env(
+    command: str,
+    container_id: str = "",
+    netns_path: str = "",
+    ifname: str = "eth0",
+    args: str = "",
+    path: str = "/usr/lib/cni",
+) -> dict[str, str]:
+    env = {"CNI_COMMAND": command, "CNI_PATH": path}
+    if container_id:
+        env["CNI_CONTAINERID"] = container_id
+    if netns_path:
+        env["CNI_NETNS"] = netns_path
+    if ifname:
+        env["CNI_IFNAME"] = ifname
+    if args:
+        env["CNI_ARGS"] = args
+    return env
+
+
+def run_vnfio(env: Mapping[str, str], conf: Mapping[str, Any] | bytes, in_process: bool = True) -> Outcome:
+    """Run vnfio: in-process through `cni.skel.execute`, or as the `vnfio` executable in a subprocess."""
+    stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
+    if in_process:
+        from cni.skel import execute
+
+        code, out = execute(dict(env), stdin)
+        return Outcome(code, out)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cni.main"],
+        input=stdin,
+        env={**env, "PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        check=False,
+    )
+    return Outcome(proc.returncode, proc.stdout.decode())
+
+
+def run_reference(plugin: str, env: Mapping[str, str], conf: Mapping[str, Any]) -> Outcome:
+    """Run one of Debian's reference plugins from /usr/lib/cni with the same env and config."""
+    proc = subprocess.run(
+        [str(REFERENCE_DIR / plugin)],
+        input=json.dumps(conf).encode(),
+        env={**env, "PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        check=False,
+    )
+    return Outcome(proc.returncode, proc.stdout.decode())
+
+
+# --- debris ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    """The host's links, addresses and routes, to compare before and after a scenario."""
+
+    links: frozenset[str]
+    addresses: frozenset[str]
+    routes: frozenset[str]
+
+
+def host_snapshot(ignore: Callable[[str], bool] = lambda name: False) -> HostSnapshot:
+    """Only names a test can have created (veth*, and anything `ignore` does not exclude) matter; other engineers'
+    links come and go concurrently, so compare with `assert_no_new_debris` which looks at our own names."""
+    links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout)
+    addrs = json.loads(subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True).stdout)
+    routes = subprocess.run(["ip", "-d", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    return HostSnapshot(
+        links=frozenset(link["ifname"] for link in links if not ignore(link["ifname"])),
+        addresses=frozenset(
+            f"{a['local']}/{a['prefixlen']}" for e in addrs for a in e.get("addr_info", []) if not ignore(e["ifname"])
+        ),
+        routes=frozenset(routes.splitlines()),
+    )
+
+
+def host_links_with(names: set[str]) -> set[str]:
+    """Which of `names` exist as links in the host netns."""
+    links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout)
+    return {link["ifname"] for link in links} & names
+
+
+def host_mentions(text: str) -> list[str]:
+    """Host addresses and routes whose text mentions `text` (e.g. a test subnet's prefix), for debris checks."""
+    addrs = subprocess.run(["ip", "addr", "show"], capture_output=True, text=True).stdout
+    routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    routes6 = subprocess.run(["ip", "-6", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    return [line for line in (addrs + routes + routes6).splitlines() if text in line]
+
+
+def reservation_files(data_dir: Path) -> list[Path]:
+    """Files an IPAM store left under `data_dir`, ignoring lock files and empty index directories."""
+    if not data_dir.exists():
+        return []
+    return [
+        p
+        for p in data_dir.rglob("*")
+        if p.is_file() and not p.name.startswith(("lock", ".lock")) and p.stat().st_size > 0
+    ]
