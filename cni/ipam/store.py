@@ -1,0 +1,386 @@
+"""The host-local reservation store: the reference's on-disk layout plus a per-key index, under one flock.
+
+Layout of `<dataDir>/<network>/` (the first three are exactly what the Go host-local writes and reads, so an
+operator finds what they know and either plugin can take over the directory):
+
+- `<ip>`: one file per reserved address, containing `"<containerID>\\r\\n<ifname>"`.
+- `last_reserved_ip.<rangeSetIndex>`: where the round-robin allocation resumes.
+- `lock`: flocked around every transaction (the reference's go-filemutex takes the same lock).
+- `by-key/<containerID>:<ifname>`: our index, one address per line, so ADD's duplicate check and DEL read
+  one small file instead of every reservation. `:` cannot occur in a valid container ID or interface name,
+  so the name is unambiguous.
+
+Crash safety (SIGKILL at any instruction). A reservation is made in this order: append the address to the
+key's index, create the address file with O_EXCL, write the owner in one write(2). So every address file
+that exists is listed in its key's index, or empty; DEL by key therefore finds everything the key ever
+touched. Readers never trust the index alone: an entry counts only if the address file names the same key,
+so entries for addresses that were never created, or that another key owns, are ignored. An empty address
+file is a reservation that died before its owner was written (also the reference's bug #498): it is free.
+Process death is covered; power loss may leave empty files, which are then free as well.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from cni.errors import INTERNAL, INVALID_CONFIG, INVALID_ENV, TRY_AGAIN, CniError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+DEFAULT_LOCK_TIMEOUT = 10.0
+INDEX_DIR = "by-key"
+LAST_RESERVED_PREFIX = "last_reserved_ip."
+LOCK_FILE = "lock"
+LINE_BREAK = "\r\n"
+
+_MAX_IFNAME = 15
+# NAME_MAX is 255: the index file is "<id>:<ifname>", and the ifname takes at most 15 bytes.
+_MAX_CONTAINER_ID = 200
+_MAX_NETWORK_NAME = 200
+_NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_NAME_REST = _NAME_FIRST | frozenset("_.-")
+_TMP_PREFIX = ".tmp."
+
+
+@dataclass(frozen=True)
+class ReservationKey:
+    """Who holds a reservation: the runtime's (CNI_CONTAINERID, CNI_IFNAME) pair."""
+
+    container_id: str
+    ifname: str
+
+    @property
+    def owner(self) -> str:
+        """The content of an address file held by this key, as the reference writes it."""
+        return self.container_id + LINE_BREAK + self.ifname
+
+    @property
+    def index_name(self) -> str:
+        return f"{INDEX_DIR}/{self.container_id}:{self.ifname}"
+
+
+def _is_cni_name(value: str) -> bool:
+    """The spec's rule for container IDs and network names: alphanumeric, then alphanumerics, `_`, `.`, `-`."""
+    return bool(value) and value[0] in _NAME_FIRST and all(c in _NAME_REST for c in value)
+
+
+def reservation_key(container_id: str, ifname: str) -> ReservationKey:
+    """Validate the pair the way the reference skel does, so no name can leave the network directory."""
+    if not container_id:
+        raise CniError(INVALID_ENV, "missing containerID (CNI_CONTAINERID)")
+    if not _is_cni_name(container_id):
+        raise CniError(INVALID_ENV, "invalid characters in containerID (CNI_CONTAINERID)", container_id[:300])
+    if len(container_id) > _MAX_CONTAINER_ID:
+        raise CniError(INVALID_ENV, f"containerID (CNI_CONTAINERID) is longer than {_MAX_CONTAINER_ID} characters")
+    if not ifname:
+        raise CniError(INVALID_ENV, "interface name (CNI_IFNAME) is empty")
+    if len(ifname.encode()) > _MAX_IFNAME:
+        raise CniError(INVALID_ENV, "interface name (CNI_IFNAME) is too long",
+                       f"interface name should be less than {_MAX_IFNAME + 1} characters")
+    if ifname in (".", ".."):
+        raise CniError(INVALID_ENV, "interface name (CNI_IFNAME) is . or ..")
+    if any(c in "/:" or c.isspace() or not c.isprintable() for c in ifname):
+        raise CniError(INVALID_ENV, "interface name (CNI_IFNAME) contains / or : or whitespace characters",
+                       repr(ifname))
+    return ReservationKey(container_id, ifname)
+
+
+def network_dir(data_dir: str, network: object) -> str:
+    """`<dataDir>/<network name>`, refusing names that are not plain directory names."""
+    if not isinstance(network, str) or not _is_cni_name(network) or len(network) > _MAX_NETWORK_NAME:
+        raise CniError(INVALID_CONFIG, f"invalid characters found in network name: {network!r}")
+    if not isinstance(data_dir, str) or not data_dir or "\0" in data_dir:
+        raise CniError(INVALID_CONFIG, f"invalid ipam.dataDir: {data_dir!r}")
+    return os.path.join(data_dir, network)
+
+
+def _parse_address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address an entry of the network directory reserves, or None for any other file."""
+    if not name or not (name[0].isdigit() or name[0] in "abcdefABCDEF:"):
+        return None
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+# One mutex per network directory and process: threads of the node daemon queue here (fairly, without
+# polling) and only the winner contends for the flock, which is what excludes other processes.
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+def _thread_lock(path: str) -> threading.Lock:
+    with _thread_locks_guard:
+        return _thread_locks.setdefault(path, threading.Lock())
+
+
+class ReservationStore:
+    """The reservations of one network. Every operation runs inside `transaction()`."""
+
+    def __init__(self, data_dir: str, network: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+        self.path = network_dir(data_dir, network)
+        self.lock_timeout = lock_timeout
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Hold the network's lock (in-process mutex, then flock on `lock`) for the body; code 11 on timeout."""
+        try:
+            os.makedirs(self.path, mode=0o755, exist_ok=True)
+            dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise CniError(INTERNAL, f"failed to open IPAM data directory {self.path}: {exc.strerror}") from None
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            mutex = _thread_lock(os.path.realpath(self.path))
+            if not mutex.acquire(timeout=self.lock_timeout):
+                raise CniError(TRY_AGAIN, f"timed out after {self.lock_timeout:g}s waiting for the IPAM lock of "
+                                          f"{self.path}")
+            try:
+                lock_fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+                try:
+                    self._flock(lock_fd, deadline)
+                    txn = Transaction(dfd, self.path)
+                    txn.ensure_index()
+                    yield txn
+                finally:
+                    os.close(lock_fd)  # closing the last descriptor releases the flock
+            finally:
+                mutex.release()
+        finally:
+            os.close(dfd)
+
+    def _flock(self, fd: int, deadline: float) -> None:
+        delay = 0.0002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise CniError(TRY_AGAIN, f"timed out after {self.lock_timeout:g}s waiting for the IPAM lock "
+                                              f"{self.path}/{LOCK_FILE}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
+
+
+class Transaction:
+    """Operations on one network directory while its lock is held. Names are relative to `dfd`."""
+
+    def __init__(self, dfd: int, path: str) -> None:
+        self._dfd = dfd
+        self.path = path
+
+    # -- small file primitives -------------------------------------------------------------------------
+
+    def _read(self, name: str) -> str | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._dfd)
+        except FileNotFoundError:
+            return None
+        try:
+            chunks = []
+            while chunk := os.read(fd, 4096):
+                chunks.append(chunk)
+            return b"".join(chunks).decode(errors="replace")
+        finally:
+            os.close(fd)
+
+    def _write_new(self, name: str, content: str) -> None:
+        """Replace `name` atomically: a crash leaves the old or the new content, plus at most a temp file."""
+        tmp = f"{INDEX_DIR}/{_TMP_PREFIX}{os.path.basename(name)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=self._dfd)
+        try:
+            os.write(fd, content.encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=self._dfd, dst_dir_fd=self._dfd)
+
+    def _unlink(self, name: str) -> bool:
+        try:
+            os.unlink(name, dir_fd=self._dfd)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _owner(self, ip: str) -> str | None:
+        """Who holds `ip`: the trimmed owner string, "" for an empty (free) file, None when there is no file."""
+        content = self._read(ip)
+        return None if content is None else content.strip()
+
+    # -- the index ---------------------------------------------------------------------------------------
+
+    def ensure_index(self) -> None:
+        """Build the index once for a directory written by the reference plugin (or by an older vnfio)."""
+        try:
+            os.stat(INDEX_DIR, dir_fd=self._dfd)
+            return
+        except FileNotFoundError:
+            pass
+        staging = f"{INDEX_DIR}.tmp"
+        shutil.rmtree(os.path.join(self.path, staging), ignore_errors=True)
+        os.mkdir(staging, 0o755, dir_fd=self._dfd)
+        by_key: dict[str, list[str]] = {}
+        for ip, owner in self._reservations():
+            if LINE_BREAK in owner:
+                by_key.setdefault(owner.replace(LINE_BREAK, ":", 1), []).append(ip)
+        for name, ips in by_key.items():
+            if _is_index_name(name):
+                fd = os.open(f"{staging}/{name}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=self._dfd)
+                try:
+                    os.write(fd, "".join(f"{ip}\n" for ip in ips).encode())
+                finally:
+                    os.close(fd)
+        os.rename(staging, INDEX_DIR, src_dir_fd=self._dfd, dst_dir_fd=self._dfd)
+        if by_key:
+            log.info("indexed %d existing reservations in %s", sum(map(len, by_key.values())), self.path)
+
+    def _index(self, key: ReservationKey) -> list[str]:
+        content = self._read(key.index_name)
+        return [] if content is None else [line for line in content.split("\n") if line]
+
+    def owned(self, key: ReservationKey) -> list[str]:
+        """The addresses `key` holds, from its index, each confirmed by the address file's owner."""
+        return [ip for ip in dict.fromkeys(self._index(key)) if _parse_address(ip) and self._owner(ip) == key.owner]
+
+    # -- reservations -----------------------------------------------------------------------------------
+
+    def try_reserve(self, key: ReservationKey, ip: str) -> bool:
+        """Reserve `ip` for `key` if nobody holds it; False when it is taken."""
+        owner = self._owner(ip)
+        if owner:
+            return False
+        if owner == "":
+            log.info("reclaiming empty reservation file %s/%s", self.path, ip)
+            self._unlink(ip)
+        # Index first: from here on, a crash leaves nothing that DEL by key cannot find.
+        fd = os.open(key.index_name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=self._dfd)
+        try:
+            os.write(fd, f"{ip}\n".encode())
+        finally:
+            os.close(fd)
+        try:
+            fd = os.open(ip, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=self._dfd)
+        except FileExistsError:
+            return False  # a writer that ignores the lock; our stale index line is ignored by readers
+        try:
+            os.write(fd, key.owner.encode())
+        except OSError:
+            os.close(fd)
+            self._unlink(ip)
+            raise
+        os.close(fd)
+        return True
+
+    def last_reserved(self, range_set_index: int) -> str | None:
+        content = self._read(f"{LAST_RESERVED_PREFIX}{range_set_index}")
+        return content.strip() if content else None
+
+    def set_last_reserved(self, range_set_index: int, ip: str) -> None:
+        name = f"{LAST_RESERVED_PREFIX}{range_set_index}"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=self._dfd)
+        try:
+            os.write(fd, ip.encode())
+        finally:
+            os.close(fd)
+
+    def release(self, key: ReservationKey, only: Iterable[str] | None = None) -> list[str]:
+        """Free what `key` holds (or just the addresses in `only`); returns the addresses freed.
+
+        Address files are removed before the index, so a crash half-way leaves an index that a repeated
+        DEL finishes. Files that another key owns are left alone even if our index names them.
+        """
+        listed = list(dict.fromkeys(self._index(key)))
+        wanted = None if only is None else set(only)
+        targets = listed if wanted is None else [ip for ip in listed if ip in wanted]
+        freed = []
+        for ip in targets:
+            if not _parse_address(ip):
+                continue
+            owner = self._owner(ip)
+            # An empty file in our index is our own reservation that died before its owner was written.
+            if owner in (key.owner, "") and self._unlink(ip) and owner:
+                freed.append(ip)
+        remaining = [] if wanted is None else [ip for ip in listed if ip not in wanted]
+        if remaining:
+            self._write_new(key.index_name, "".join(f"{ip}\n" for ip in remaining))
+        else:
+            self._unlink(key.index_name)
+        return freed
+
+    def _reservations(self) -> Iterator[tuple[str, str]]:
+        """Every address file in the directory and its trimmed owner ("" when empty). O(N): GC and STATUS only."""
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if _parse_address(entry.name) and entry.is_file(follow_symlinks=False):
+                    owner = self._owner(entry.name)
+                    if owner is not None:
+                        yield entry.name, owner
+
+    def reserved_addresses(self) -> list[str]:
+        """Every held (non-empty) address file: for STATUS's exhaustion check."""
+        return [ip for ip, owner in self._reservations() if owner]
+
+    def collect_garbage(self, valid: set[tuple[str, str]]) -> list[str]:
+        """Release every reservation whose key is not in `valid`, then rebuild the index; returns the errors.
+
+        Files in the reference's old format (container ID only) are kept when any valid attachment has
+        that container ID, as the reference matches them by ID alone.
+        """
+        errors: list[str] = []
+        valid_ids = {cid for cid, _ in valid}
+        by_key: dict[str, list[str]] = {}
+        for ip, owner in list(self._reservations()):
+            cid, sep, ifname = owner.partition(LINE_BREAK)
+            keep = bool(owner) and ((cid, ifname) in valid if sep else cid in valid_ids)
+            if keep:
+                if sep:
+                    by_key.setdefault(f"{cid}:{ifname}", []).append(ip)
+                continue
+            try:
+                self._unlink(ip)
+                log.info("gc: released %s held by %r", ip, owner)
+            except OSError as exc:
+                errors.append(f"failed to release {self.path}/{ip}: {exc.strerror}")
+        try:
+            with os.scandir(os.path.join(self.path, INDEX_DIR)) as entries:
+                names = [entry.name for entry in entries]
+        except OSError as exc:
+            return [*errors, f"failed to list {self.path}/{INDEX_DIR}: {exc.strerror}"]
+        for name in names:
+            path = f"{INDEX_DIR}/{name}"
+            try:
+                wanted = by_key.pop(name, None)
+                if wanted is None:
+                    self._unlink(path)
+                elif self._read(path) != "".join(f"{ip}\n" for ip in wanted):
+                    self._write_new(path, "".join(f"{ip}\n" for ip in wanted))
+            except OSError as exc:
+                errors.append(f"failed to clean index entry {self.path}/{path}: {exc.strerror}")
+        for name, ips in by_key.items():  # held but never indexed: written by another plugin
+            if _is_index_name(name):
+                try:
+                    self._write_new(f"{INDEX_DIR}/{name}", "".join(f"{ip}\n" for ip in ips))
+                except OSError as exc:
+                    errors.append(f"failed to index {self.path}/{INDEX_DIR}/{name}: {exc.strerror}")
+        return errors
+
+
+def _is_index_name(name: str) -> bool:
+    """Whether "<id>:<ifname>" names a key we could have written (reference files may hold anything)."""
+    cid, sep, ifname = name.partition(":")
+    try:
+        reservation_key(cid, ifname)
+    except CniError:
+        return False
+    return bool(sep)
