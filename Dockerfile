@@ -1,0 +1,43 @@
+# vnfio: one image for the device plugin (`vnfio-device-plugin`), the CNI node daemon (`vnfio-cni-daemon`) and the
+# self-contained CNI executable that the CNI DaemonSet's init container installs on the host (/opt/vnfio/vnfio).
+#
+#   docker build -t vnfio:0.1.0 .
+#   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/vnfio:0.1.0 --push .
+#
+# The default user is unprivileged. The manifests run the device plugin as uid 0 with every capability dropped
+# (kubelet's socket dir and kubelet.sock are root-owned), and the CNI DaemonSet as root with NET_ADMIN and
+# SYS_ADMIN (it wires links in the host network namespace and writes /opt/cni/bin): see manifests/base/.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/vnfio/venv
+# Dependencies first, from the pinned list, so a source change does not reinstall them.
+COPY hack/requirements.lock hack/requirements.lock
+RUN /opt/vnfio/venv/bin/pip install --no-cache-dir -r hack/requirements.lock
+COPY pyproject.toml README.md ./
+COPY deviceplugin deviceplugin
+COPY cni cni
+# The wheel carries no dependencies of its own: they came from the lock above.
+RUN /opt/vnfio/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+ && /opt/vnfio/venv/bin/pip install --no-cache-dir --no-deps /wheels/vnfio-*.whl \
+ && /opt/vnfio/venv/bin/python -m cni.bundle /opt/vnfio/vnfio \
+ && /opt/vnfio/venv/bin/python -m pip uninstall --yes pip
+
+FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="vnfio" \
+      org.opencontainers.image.description="Kubernetes I/O for network functions: VFIO/DPAA2 device plugin and the vnfio CNI plugin" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.vnfio.cni-executable="/opt/vnfio/vnfio"
+RUN groupadd --system --gid 65532 vnfio \
+ && useradd --system --uid 65532 --gid vnfio --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin vnfio
+COPY --from=builder /opt/vnfio /opt/vnfio
+ENV PATH="/opt/vnfio/venv/bin:${PATH}" \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 65532:65532
+ENTRYPOINT ["vnfio-device-plugin"]
