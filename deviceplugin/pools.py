@@ -204,8 +204,9 @@ def _pci_units(cfg: PoolConfig, inventory: Inventory, known: set[str]) -> list[_
     by_address = {fn.address: fn for fn in inventory.pci}
     bridges = {fn.address for fn in inventory.pci if fn.is_bridge}
 
-    def selected(addresses: list[str], sticky: bool) -> list[PciDevice]:
-        named = [by_address[a] for a in addresses if a in by_address]
+    def selected(addresses: list[str], sticky: bool, group: int | None = None) -> list[PciDevice]:
+        # A function only belongs to a group both sides agree on (its link and the group's member list).
+        named = [by_address[a] for a in addresses if a in by_address and by_address[a].iommu_group == group]
         named = [fn for fn in named if selectors.identity_mismatch(fn) is None]
         return [fn for fn in named if sticky or selectors.pf_mismatch(fn) is None]
 
@@ -217,7 +218,7 @@ def _pci_units(cfg: PoolConfig, inventory: Inventory, known: set[str]) -> list[_
         elif not fn.is_bridge and selected([fn.address], fn.address in known):
             no_group = [f"{fn.address} has no IOMMU group"]
             units.append(_pci_unit(fn.address, [fn], None, selectors, inventory, known, no_group))
-    for fn in selected(sorted(bridges), sticky=False):
+    for fn in [by_address[a] for a in sorted(bridges) if selectors.identity_mismatch(by_address[a]) is None]:
         units.append(_Unit(fn.address, (fn.address,), excluded="PCI bridge: never handed out"))
     for number, member_names in sorted(members_of.items()):
         # Bridges may share a group (kernel-owned on pcieport); every other member travels with the unit.
@@ -225,7 +226,7 @@ def _pci_units(cfg: PoolConfig, inventory: Inventory, known: set[str]) -> list[_
         if not functions:
             continue
         unit_id = functions[0] if len(functions) == 1 else f"iommu-group-{number}"
-        matched = selected(functions, unit_id in known)
+        matched = selected(functions, unit_id in known, number)
         if not matched:
             continue
         if len(functions) == 1:
