@@ -287,3 +287,25 @@ def default_route_link(ipr: IPRoute) -> int | None:
             if r["dst_len"] == 0 and r.get("RTA_OIF"):
                 return r.get("RTA_OIF")
     return None
+
+
+def wait_addresses_settled(ipr: IPRoute, index: int, timeout: float = 5.0) -> None:
+    """Poll until no IPv6 address on the link is tentative (DAD done); DAD failure is an error (the reference
+    `SettleAddresses`)."""
+    tentative, dadfailed = 0x40, 0x08
+    deadline = time.monotonic() + timeout
+    pause = 0.0
+    while True:
+        pending = []
+        for a in ipr.get_addr(index=index, family=10):
+            flags = a.get("IFA_FLAGS") or a["flags"]
+            if flags & dadfailed:
+                raise CniError(INTERNAL, f"IPv6 address {a.get('IFA_ADDRESS')} failed duplicate address detection")
+            if flags & tentative:
+                pending.append(a.get("IFA_ADDRESS"))
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise CniError(INTERNAL, f"IPv6 addresses {', '.join(pending)} still tentative after {timeout:g}s")
+        time.sleep(pause)
+        pause = min(0.1, pause * 2 or 0.01)

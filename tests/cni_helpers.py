@@ -271,11 +271,18 @@ def host_mentions(text: str) -> list[str]:
 
 
 def reservation_files(data_dir: Path) -> list[Path]:
-    """Files an IPAM store left under `data_dir`, ignoring lock files and empty index directories."""
+    """IP reservations left under a host-local `dataDir`: files named after an address, and non-empty per-key
+    index entries (`by-key/`). Lock files and `last_reserved_ip.*` are bookkeeping, not reservations."""
     if not data_dir.exists():
         return []
-    return [
-        p
-        for p in data_dir.rglob("*")
-        if p.is_file() and not p.name.startswith(("lock", ".lock")) and p.stat().st_size > 0
-    ]
+    found = []
+    for p in data_dir.rglob("*"):
+        if not p.is_file():
+            continue
+        try:
+            ipaddress.ip_address(p.name)
+            found.append(p)
+        except ValueError:
+            if p.parent.name == "by-key" and p.stat().st_size > 0:
+                found.append(p)
+    return found

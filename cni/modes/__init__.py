@@ -135,6 +135,29 @@ def require_free_ifname(pod: IPRoute, ifname: str, netns: str) -> None:
         raise CniError(INTERNAL, f"container interface {ifname!r} already exists in netns {netns!r}")
 
 
+def enable_forwarding(fams: set[int]) -> None:
+    """Host-wide IP forwarding for the families in use (the reference `ip.EnableForward`)."""
+    from cni.netns import write_sysctl
+
+    if 4 in fams:
+        write_sysctl("net/ipv4/ip_forward", "1")
+    if 6 in fams:
+        write_sysctl("net/ipv6/conf/all/forwarding", "1")
+
+
+def pod_sysctls(ifname: str, fams: set[int], ndisc_notify: bool = False) -> None:
+    """Run inside the pod: announce the new MAC with `arp_notify` (which replaced gratuitous ARP in the reference),
+    and make sure IPv6 is enabled on lo and the interface when it carries IPv6."""
+    from cni.netns import write_sysctl
+
+    write_sysctl(f"net/ipv4/conf/{ifname}/arp_notify", "1", missing_ok=True)
+    if 6 in fams:
+        write_sysctl("net/ipv6/conf/lo/disable_ipv6", "0", missing_ok=True)
+        write_sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0", missing_ok=True)
+        if ndisc_notify:
+            write_sysctl(f"net/ipv6/conf/{ifname}/ndisc_notify", "1", missing_ok=True)
+
+
 def families(ipam: Result) -> set[int]:
     return {ipaddress.ip_interface(ip.address).version for ip in ipam.ips}
 

@@ -25,37 +25,23 @@ from cni.modes import (
     Call,
     check_container_iface,
     container_result,
+    enable_forwarding,
     families,
     ipam_add,
     ipam_check,
     ipam_del,
     ipam_release_quietly,
+    pod_sysctls,
     prev_container_iface,
     require_free_ifname,
 )
-from cni.netns import host_netlink, netlink_in, run_in_netns, write_sysctl
+from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, Result
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
-
-
-def enable_forwarding(fams: set[int]) -> None:
-    """Host-wide IP forwarding for the families in use (the reference `ip.EnableForward`)."""
-    if 4 in fams:
-        write_sysctl("net/ipv4/ip_forward", "1")
-    if 6 in fams:
-        write_sysctl("net/ipv6/conf/all/forwarding", "1")
-
-
-def pod_sysctls(ifname: str, fams: set[int]) -> None:
-    """Run inside the pod: announce the new MAC (`arp_notify`, replacing gratuitous ARP) and allow IPv6 if used."""
-    write_sysctl(f"net/ipv4/conf/{ifname}/arp_notify", "1", missing_ok=True)
-    if 6 in fams:
-        write_sysctl("net/ipv6/conf/lo/disable_ipv6", "0", missing_ok=True)
-        write_sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0", missing_ok=True)
 
 
 def cmd_add(call: Call) -> Result:

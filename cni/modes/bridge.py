@@ -1,0 +1,161 @@
+"""Mode `bridge`: the pod's veth is a port of a host bridge (default `cni0`), like the reference `bridge`.
+
+Result order is the reference's: [bridge, host veth, container interface], the addresses on index 2. The bridge
+is never deleted (the reference rejected that for ADD/DEL races).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from cni.errors import INTERNAL, CniError
+from cni.links import (
+    add_address,
+    attach_port,
+    configure_iface,
+    del_link_by_name,
+    del_link_quietly,
+    ensure_bridge,
+    link_index,
+    link_state,
+    setup_veth,
+    wait_oper_up,
+)
+from cni.modes import (
+    Call,
+    check_container_iface,
+    container_result,
+    enable_forwarding,
+    families,
+    ipam_add,
+    ipam_check,
+    ipam_del,
+    ipam_release_quietly,
+    pod_sysctls,
+    prev_container_iface,
+    require_free_ifname,
+)
+from cni.netns import host_netlink, netlink_in, run_in_netns
+from cni.result import Interface, IPConfig, Result, Route
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+log = logging.getLogger(__name__)
+
+
+def cmd_add(call: Call) -> Result:
+    req, conf = call.req, call.conf
+    opts = conf.bridge
+    assert call.netns_fd is not None
+    with host_netlink() as host, netlink_in(call.netns_fd) as pod:
+        require_free_ifname(pod, req.ifname, req.netns)
+        bridge = ensure_bridge(host, opts.bridge, conf.mtu, opts.promisc_mode, vlan_filtering=bool(opts.vlan))
+        host_name = setup_veth(host, call.netns_fd, req.ifname, conf.mtu, conf.mac)
+        try:
+            host_port = link_index(host, host_name)
+            pod_link = link_index(pod, req.ifname)
+            if host_port is None or pod_link is None:
+                raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
+            attach_port(host, host_port, bridge.index, opts.hairpin_mode, opts.vlan)
+            ipam = ipam_add(call)
+            try:
+                return _configure(call, host, pod, bridge.index, host_port, pod_link, ipam)
+            except BaseException:
+                ipam_release_quietly(call)
+                raise
+        except BaseException:
+            del_link_quietly(host, host_name)
+            raise
+
+
+def _configure(call: Call, host: IPRoute, pod: IPRoute, bridge: int, host_port: int, pod_link: int,
+               ipam: Result) -> Result:
+    req, opts = call.req, call.conf.bridge
+    if opts.is_gateway:
+        # The reference `calcGateways`: an address without a gateway gets the first address of its subnet.
+        ipam = replace(ipam, ips=tuple(
+            ip if ip.gateway else replace(ip, gateway=str(next(ipaddress.ip_interface(ip.address).network.hosts())))
+            for ip in ipam.ips
+        ))
+    routes = list(ipam.routes)
+    if opts.is_default_gateway:
+        for ip in ipam.ips:
+            default = "0.0.0.0/0" if ip.family == 4 else "::/0"
+            if not any(r.dst == default and r.gw for r in routes):
+                routes.append(Route(dst=default, gw=ip.gateway))
+        ipam = replace(ipam, routes=tuple(routes))
+    fams = families(ipam)
+    run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams))
+    # The reference bridge turns DAD off in the pod (accept_dad=0); NODAD on each address does the same per address.
+    configure_iface(pod, pod_link, ipam.ips, ipam.routes, nodad=True)
+    if opts.is_gateway and ipam.ips:
+        for ip in ipam.ips:
+            _ensure_gateway_address(host, bridge, ip, opts.force_address)
+        # Pin the bridge MAC: otherwise it follows the lowest port MAC and changes as pods come and go (#60).
+        host.link("set", index=bridge, address=link_state(host, bridge).mac)
+        enable_forwarding(fams)
+    host_state = wait_oper_up(host, host_port)
+    # Re-read both MACs now that the port is in: the kernel may have changed them (#805).
+    bridge_state = link_state(host, bridge)
+    pod_state = link_state(pod, pod_link)
+    interfaces = [
+        Interface(name=bridge_state.name, mac=bridge_state.mac, mtu=bridge_state.mtu),
+        Interface(name=host_state.name, mac=host_state.mac, mtu=host_state.mtu),
+        Interface(name=req.ifname, mac=pod_state.mac, sandbox=req.netns, mtu=pod_state.mtu),
+    ]
+    return container_result(call, ipam, interfaces)
+
+
+def _ensure_gateway_address(host: IPRoute, bridge: int, ip: IPConfig, force: bool) -> None:
+    """Put gateway/prefix on the bridge. Another IPv4 address (or an overlapping IPv6 one) is an error unless
+    `forceAddress`, which replaces it, as in the reference `ensureAddr`."""
+    pod_net = ipaddress.ip_interface(ip.address).network
+    wanted = ipaddress.ip_interface(f"{ip.gateway}/{pod_net.prefixlen}")
+    family = 2 if wanted.version == 4 else 10
+    for a in host.get_addr(index=bridge, family=family):
+        have = ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+        if have == wanted:
+            return
+        if have.is_link_local:
+            continue
+        if wanted.version == 4 or have.network.overlaps(wanted.network):
+            if not force:
+                name = link_state(host, bridge).name
+                raise CniError(INTERNAL, f"bridge {name!r} already has an IP address {have} different from {wanted}"
+                               " (set forceAddress to replace it)")
+            host.addr("del", index=bridge, address=str(have.ip), prefixlen=have.network.prefixlen)
+    add_address(host, bridge, str(wanted), nodad=True)
+
+
+def cmd_del(call: Call) -> None:
+    if call.netns_fd is not None:
+        with netlink_in(call.netns_fd) as pod:
+            # The host veth goes with its peer; the bridge stays.
+            del_link_by_name(pod, call.req.ifname)
+    ipam_del(call)
+
+
+def cmd_check(call: Call) -> None:
+    prev, index = prev_container_iface(call)
+    ipam_check(call)
+    opts = call.conf.bridge
+    assert call.netns_fd is not None
+    with netlink_in(call.netns_fd) as pod:
+        link = check_container_iface(call, pod, prev, index, "veth")
+        peer = pod.get_links(link)[0].get("IFLA_LINK")
+    with host_netlink() as host:
+        bridge = link_index(host, opts.bridge)
+        if bridge is None:
+            raise CniError(INTERNAL, f"CHECK: bridge {opts.bridge!r} not found")
+        state = link_state(host, bridge)
+        if state.kind != "bridge":
+            raise CniError(INTERNAL, f"CHECK: {opts.bridge!r} is a {state.kind or 'plain'} link, not a bridge")
+        if state.promisc != opts.promisc_mode:
+            raise CniError(INTERNAL, f"CHECK: bridge {opts.bridge!r} promiscuous mode is {state.promisc}, config "
+                           f"says {opts.promisc_mode}")
+        if not peer or link_state(host, peer).master != bridge:
+            raise CniError(INTERNAL, f"CHECK: the host end of {call.req.ifname!r} is not a port of {opts.bridge!r}")

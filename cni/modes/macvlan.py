@@ -1,0 +1,115 @@
+"""Mode `macvlan`: a macvlan on a host (or pod) master link, created straight into the pod, like the reference.
+
+The link is created under a random temporary name inside the pod netns and renamed there to CNI_IFNAME (the
+reference's work-around for a kernel name clash); DAD stays on, because the pod shares the master's L2 segment.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from cni.errors import INTERNAL, INVALID_CONFIG, CniError
+from cni.links import (
+    configure_iface,
+    create_macvlan,
+    default_route_link,
+    del_link_by_name,
+    del_link_quietly,
+    link_index,
+    link_state,
+    macvlan_mode,
+    rename_link,
+    wait_addresses_settled,
+)
+from cni.modes import (
+    Call,
+    check_container_iface,
+    container_result,
+    families,
+    ipam_add,
+    ipam_check,
+    ipam_del,
+    ipam_release_quietly,
+    pod_sysctls,
+    prev_container_iface,
+    require_free_ifname,
+)
+from cni.netns import host_netlink, netlink_in, run_in_netns
+from cni.result import Interface, Result
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+log = logging.getLogger(__name__)
+
+
+def _master(call: Call, where: IPRoute) -> int:
+    """The master's ifindex in `where`: the configured name, else the default route's link."""
+    opts = call.conf.macvlan
+    side = "container" if opts.link_in_container else "host"
+    if opts.master:
+        index = link_index(where, opts.master)
+        if index is None:
+            raise CniError(INVALID_CONFIG, f"master: link {opts.master!r} not found in the {side} netns")
+        return index
+    index = default_route_link(where)
+    if index is None:
+        raise CniError(INVALID_CONFIG, f"master: not set and the {side} netns has no default route to take it from")
+    return index
+
+
+def cmd_add(call: Call) -> Result:
+    req, conf = call.req, call.conf
+    assert call.netns_fd is not None
+    with host_netlink() as host, netlink_in(call.netns_fd) as pod:
+        require_free_ifname(pod, req.ifname, req.netns)
+        where = pod if conf.macvlan.link_in_container else host
+        master = _master(call, where)
+        master_mtu = link_state(where, master).mtu
+        if conf.mtu > master_mtu:
+            raise CniError(INVALID_CONFIG, f"mtu: {conf.mtu} is larger than the master's MTU {master_mtu}")
+        into = None if conf.macvlan.link_in_container else call.netns_fd
+        temp = create_macvlan(where, master, conf.macvlan.mode, into, conf.mtu, conf.mac)
+        try:
+            index = link_index(pod, temp)
+            if index is None:
+                raise CniError(INTERNAL, f"macvlan {temp!r} vanished right after creation")
+            rename_link(pod, index, req.ifname)
+            ipam = ipam_add(call)
+            try:
+                fams = families(ipam)
+                run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams, ndisc_notify=True))
+                configure_iface(pod, index, ipam.ips, ipam.routes, nodad=False)
+                if any(ip.family == 6 and ip.gateway for ip in ipam.ips):
+                    wait_addresses_settled(pod, index)
+                state = link_state(pod, index)
+            except BaseException:
+                ipam_release_quietly(call)
+                raise
+        except BaseException:
+            del_link_quietly(pod, req.ifname)
+            del_link_quietly(pod, temp)
+            raise
+    iface = Interface(name=req.ifname, mac=state.mac, sandbox=req.netns, mtu=state.mtu)
+    return container_result(call, ipam, [iface])
+
+
+def cmd_del(call: Call) -> None:
+    # IPAM first, as the reference: a missing netns or link must not keep the reservation.
+    ipam_del(call)
+    if call.netns_fd is not None:
+        with netlink_in(call.netns_fd) as pod:
+            del_link_by_name(pod, call.req.ifname)
+
+
+def cmd_check(call: Call) -> None:
+    prev, index = prev_container_iface(call)
+    ipam_check(call)
+    assert call.netns_fd is not None
+    with netlink_in(call.netns_fd) as pod:
+        link = check_container_iface(call, pod, prev, index, "macvlan")
+        mode = macvlan_mode(pod, link)
+        if mode != call.conf.macvlan.mode:
+            raise CniError(INTERNAL, f"CHECK: {call.req.ifname!r} is in macvlan mode {mode}, config says "
+                           f"{call.conf.macvlan.mode}")
