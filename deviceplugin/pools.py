@@ -218,7 +218,9 @@ def _pci_units(cfg: PoolConfig, inventory: Inventory, known: set[str]) -> list[_
         elif not fn.is_bridge and selected([fn.address], fn.address in known):
             no_group = [f"{fn.address} has no IOMMU group"]
             units.append(_pci_unit(fn.address, [fn], None, selectors, inventory, known, no_group))
-    for fn in [by_address[a] for a in sorted(bridges) if selectors.identity_mismatch(by_address[a]) is None]:
+    for fn in [by_address[a] for a in sorted(bridges)]:
+        if selectors.identity_mismatch(fn) is not None or selectors.pf_mismatch(fn) is not None:
+            continue
         units.append(_Unit(fn.address, (fn.address,), excluded="PCI bridge: never handed out"))
     for number, member_names in sorted(members_of.items()):
         # Bridges may share a group (kernel-owned on pcieport); every other member travels with the unit.
