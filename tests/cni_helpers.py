@@ -286,3 +286,65 @@ def reservation_files(data_dir: Path) -> list[Path]:
             if p.parent.name == "by-key" and p.stat().st_size > 0:
                 found.append(p)
     return found
+
+
+# --- one test's world --------------------------------------------------------------------------------------------
+
+
+class Scenario:
+    """The namespaces, host links and IPAM dataDir of one test, all removed by `close()` even after a failure."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.data_dir = tmp_path / "ipam"
+        self.tag = suffix()
+        self._namespaces: list[Netns] = []
+        self._host_links: list[str] = []
+
+    def netns(self) -> Netns:
+        ns = Netns().create()
+        self._namespaces.append(ns)
+        return ns
+
+    def link_name(self, prefix: str) -> str:
+        """A unique host link name (≤ 15 bytes) that `close()` deletes if it still exists."""
+        name = f"{prefix[:6]}{self.tag}{secrets.token_hex(1)}"
+        self._host_links.append(name)
+        return name
+
+    def veth_pair(self, prefix: str = "vt") -> tuple[str, str]:
+        """A host veth pair, both ends up (a macvlan master needs a carrier)."""
+        a, b = self.link_name(prefix), self.link_name(prefix)
+        subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
+        for end in (a, b):
+            subprocess.run(["ip", "link", "set", end, "up"], check=True)
+        return a, b
+
+    def host_local(self, *subnets: str, **extra: Any) -> dict[str, Any]:
+        """A host-local `ipam` section with one range set per subnet, storing under this test's dataDir."""
+        return {
+            "type": "host-local",
+            "dataDir": str(self.data_dir),
+            "ranges": [[{"subnet": s}] for s in subnets],
+            **extra,
+        }
+
+    def close(self) -> None:
+        for name in self._host_links:
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+        for ns in self._namespaces:
+            ns.close()
+
+
+def assert_no_debris(scenario: Scenario, host_names: set[str] = frozenset(), subnet: str = "") -> None:
+    """Nothing a failed or deleted attachment could leave: host links by name, host addresses or routes mentioning
+    the test subnet, IPAM reservations."""
+    assert host_links_with(set(host_names)) == set(), "host links left behind"
+    if subnet:
+        assert host_mentions(subnet) == [], "host addresses or routes left behind"
+    assert reservation_files(scenario.data_dir) == [], "IPAM reservations left behind"
+
+
+def host_veths() -> set[str]:
+    """Names of host links that look like ours (`veth` + 8 hex): compare before and after to find leaks."""
+    links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout)
+    return {link["ifname"] for link in links if link["ifname"].startswith("veth") and len(link["ifname"]) == 12}
