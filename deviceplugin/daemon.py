@@ -1,0 +1,334 @@
+"""The device plugin daemon: config → discovery → pools → one gRPC server per pool, registered with kubelet
+and kept true to the node by rescans, until SIGTERM.
+
+`Daemon` owns the running state and offers one method per thing that can happen to it (a rescan, a new
+config, a pool to start, stop or serve anew, a kubelet to register with again), so event sources — the
+rescan timer here, and uevents, kubelet-restart and config watches — only decide *when* to call them.
+A failure in one pool is logged and costs that pool only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import tempfile
+from collections.abc import Coroutine, Mapping
+from contextlib import suppress
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from deviceplugin.config import SAMPLE_CONFIG, ConfigError, ConfigResult, PoolConfig, load_config, parse_config
+from deviceplugin.discovery import discover
+from deviceplugin.pools import build_pools
+from deviceplugin.records import ResourcePool
+from deviceplugin.registration import RegistrationError, register
+from deviceplugin.server import PluginServer, RpcObserver
+from deviceplugin.settings import DaemonSettings
+
+log = logging.getLogger(__name__)
+
+# Registration retries: quick at first (kubelet may just be starting), never slower than every 2 s, so a
+# kubelet that comes back finds every pool registered again soon after.
+REGISTER_BACKOFF_FIRST = 0.1
+REGISTER_BACKOFF_MAX = 2.0
+
+
+class Daemon:
+    """The running device plugin. Call its methods on the event loop that runs `run()`."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        *,
+        sample_config: bool = False,
+        rpc_observer: RpcObserver | None = None,
+    ) -> None:
+        self.settings = settings
+        self._sample_config = sample_config  # no config file: use the built-in sample (sample board only)
+        self.rpc_observer = rpc_observer
+        self.configs: tuple[PoolConfig, ...] = ()
+        self.pools: dict[str, ResourcePool] = {}  # the last build, by full resource name
+        self.servers: dict[str, PluginServer] = {}  # pools being served
+        self.registered: set[str] = set()  # pools kubelet accepted since their server last started
+        self._registering: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()  # one change of pools or servers at a time
+        self._stopping = asyncio.Event()
+        self._start_failures: dict[str, str] = {}
+        self._reported: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    async def run(self) -> int:
+        """Load the config, serve and register every valid pool, rescan periodically until `stop()`; 0 on a
+        clean stop, 1 when the config file is unusable at start."""
+        try:
+            result = self.load_config()
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return 1
+        log.info(
+            "device plugin starting: sysfs %s, dev %s, plugin dir %s",
+            self.settings.sysfs_root,
+            self.settings.dev_root,
+            self.settings.plugin_dir,
+        )
+        await self.apply_config(result, reason="start")
+        if self.settings.rescan_interval > 0:
+            self.spawn(self._rescan_periodically(), "periodic rescan")
+        await self._stopping.wait()
+        await self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Ask `run()` to end (signal handlers call this): streams end, sockets go, run() returns 0."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run a background task (a watcher, a timer) until the daemon stops; its failure is logged."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    async def _shutdown(self) -> None:
+        log.info("stopping: ending streams and removing sockets")
+        tasks = [*self._tasks, *self._registering.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._registering.clear()
+        async with self._lock:
+            await asyncio.gather(*(self._stop_pool(resource) for resource in list(self.servers)))
+        log.info("stopped")
+
+    # ---------------------------------------------------------------------------------------- config
+    def load_config(self) -> ConfigResult:
+        """Read the config file (the built-in sample when allowed and there is no file); ConfigError when
+        the file is unusable as a whole."""
+        path = self.settings.config
+        if self._sample_config and not path.exists():
+            log.info("no config at %s: using the built-in sample config", path)
+            return parse_config(SAMPLE_CONFIG)
+        return load_config(path)
+
+    async def apply_config(self, result: ConfigResult, reason: str = "config") -> None:
+        """Serve the pools of a (validated) config: new pools start, dropped pools stop, others rescan."""
+        for problem in result.problems:
+            log.warning(
+                "config: %s (pool left out)",
+                problem,
+                extra={"pool": problem.pool, "key": problem.key, "reason": problem.reason},
+            )
+        if not result.pools:
+            log.warning("config has no valid pool: nothing to advertise")
+        self.configs = result.pools
+        await self.rescan(reason)
+
+    # ---------------------------------------------------------------------------------------- rescan
+    async def rescan(self, reason: str) -> None:
+        """Discover again and bring every server in line: changed pools send their new list to kubelet."""
+        async with self._lock:
+            if self.stopping:
+                return
+            try:
+                # sysfs reads block; off the loop they cannot delay an Allocate.
+                inventory = await asyncio.to_thread(discover, self.settings.sysfs_root, self.settings.dev_root)
+                built = build_pools(self.configs, inventory, previous=self.pools)
+            except Exception:
+                log.exception("rescan (%s) failed; the pools stay as they were", reason)
+                return
+            self._report([*inventory.problems, *(str(p) for p in built.problems)])
+            log.debug("rescan (%s): %d pools", reason, len(built.pools))
+            await self._reconcile(built.pools)
+
+    def _report(self, problems: list[str]) -> None:
+        """Log discovery and pool problems when they change, not on every rescan."""
+        current = tuple(problems)
+        if current == self._reported:
+            return
+        for problem in current:
+            if problem not in self._reported:
+                log.warning("%s", problem)
+        self._reported = current
+
+    async def _reconcile(self, pools: Mapping[str, ResourcePool]) -> None:
+        for resource in [r for r in self.servers if r not in pools]:
+            log.info("pool %s is no longer configured", resource, extra={"resource": resource})
+            await self._stop_pool(resource)
+        for resource, pool in pools.items():
+            server = self.servers.get(resource)
+            if server is None:
+                await self._start_pool(pool)
+            elif not server.socket_present():
+                # Someone (a restarting kubelet) deleted our socket: nobody can reach this server any more.
+                log.info("socket of %s is gone: serving it anew", resource, extra={"resource": resource})
+                await self._restart_pool(resource, pool)
+            elif server.update(pool):
+                log.info("pool %s changed: %s", resource, _summary(pool), extra={"resource": resource})
+        self.pools = dict(pools)
+
+    async def _rescan_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.rescan_interval)
+            await self.rescan("timer")
+
+    # ----------------------------------------------------------------------------------------- pools
+    async def start_pool(self, pool: ResourcePool) -> bool:
+        """Serve `pool` and register it with kubelet (in the background); False when it cannot be served."""
+        async with self._lock:
+            return await self._start_pool(pool)
+
+    async def stop_pool(self, resource: str) -> None:
+        """Stop serving `resource` and remove its socket."""
+        async with self._lock:
+            await self._stop_pool(resource)
+
+    async def restart_pool(self, resource: str) -> bool:
+        """Serve `resource` on a fresh socket and register it again (after kubelet deleted our socket)."""
+        async with self._lock:
+            pool = self.pools.get(resource)
+            if pool is None:
+                return False
+            return await self._restart_pool(resource, pool)
+
+    async def reregister_all(self) -> None:
+        """Register every served pool again (kubelet restarted); pools whose socket is gone are served anew."""
+        async with self._lock:
+            for resource, server in list(self.servers.items()):
+                if server.socket_present():
+                    self._register_in_background(resource)
+                else:
+                    await self._restart_pool(resource, server.pool)
+
+    def resource_for_socket(self, socket_name: str) -> str | None:
+        """The served pool whose socket file is `socket_name` (what a socket watch reports)."""
+        return next((r for r, s in self.servers.items() if s.socket_path.name == socket_name), None)
+
+    async def _start_pool(self, pool: ResourcePool) -> bool:
+        resource = pool.resource_name
+        clash = next((s for s in self.servers.values() if s.pool.socket_name == pool.socket_name), None)
+        server = PluginServer(pool, self.settings.plugin_dir, observer=self.rpc_observer)
+        try:
+            if clash is not None:
+                raise OSError(f"socket {pool.socket_name} is already served for {clash.resource_name}")
+            await server.start()
+        except Exception as exc:
+            message = str(exc)
+            if self._start_failures.get(resource) != message:
+                log.error("cannot serve %s: %s", resource, message, extra={"resource": resource})
+            self._start_failures[resource] = message
+            return False
+        self._start_failures.pop(resource, None)
+        self.servers[resource] = server
+        log.info("pool %s: %s", resource, _summary(pool), extra={"resource": resource})
+        self._register_in_background(resource)
+        return True
+
+    async def _stop_pool(self, resource: str) -> None:
+        self._cancel_registration(resource)
+        self.registered.discard(resource)
+        server = self.servers.pop(resource, None)
+        if server is None:
+            return
+        try:
+            await server.stop()
+        except Exception:
+            log.exception("stopping the server of %s failed", resource, extra={"resource": resource})
+
+    async def _restart_pool(self, resource: str, pool: ResourcePool) -> bool:
+        # The old server goes first: gRPC removes its socket path at shutdown, whichever file is there then.
+        await self._stop_pool(resource)
+        return await self._start_pool(pool)
+
+    # ---------------------------------------------------------------------------------- registration
+    def _register_in_background(self, resource: str) -> None:
+        self._cancel_registration(resource)
+        self.registered.discard(resource)
+        loop = asyncio.get_running_loop()
+        self._registering[resource] = loop.create_task(self._register_until_done(resource), name=f"register {resource}")
+
+    def _cancel_registration(self, resource: str) -> None:
+        task = self._registering.pop(resource, None)
+        if task is not None:
+            task.cancel()
+
+    async def _register_until_done(self, resource: str) -> None:
+        """Register with kubelet, retrying with backoff while it is absent or refuses; never gives up."""
+        delay = REGISTER_BACKOFF_FIRST
+        last_error = None
+        attempts = 0
+        while True:
+            server = self.servers.get(resource)
+            if server is None:
+                return
+            attempts += 1
+            try:
+                await register(self.settings.plugin_dir, server.pool, server.options)
+            except RegistrationError as exc:
+                error = str(exc)
+            except Exception as exc:
+                log.exception("registering %s failed unexpectedly", resource, extra={"resource": resource})
+                error = repr(exc)
+            else:
+                self.registered.add(resource)
+                if self._registering.get(resource) is asyncio.current_task():
+                    del self._registering[resource]
+                return
+            if error != last_error:
+                log.warning("%s; retrying", error, extra={"resource": resource, "attempt": attempts})
+                last_error = error
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REGISTER_BACKOFF_MAX)
+
+
+def _summary(pool: ResourcePool) -> str:
+    healthy = sum(d.healthy for d in pool.devices)
+    ids = ", ".join(f"{d.id}{'' if d.healthy else ' (unhealthy)'}" for d in pool.devices) or "none"
+    return f"{len(pool.devices)} devices, {healthy} healthy: {ids}"
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve(daemon: Daemon) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+    try:
+        return await daemon.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+
+def run_daemon(settings: DaemonSettings, sample_board: bool = False) -> int:
+    """The `vnfio-device-plugin` daemon: runs until SIGTERM/SIGINT, then returns 0 (1: unusable config)."""
+    setup_logging(settings.log_level)
+    if not sample_board:
+        return asyncio.run(_serve(Daemon(settings)))
+    from deviceplugin.sampleboard import build_sample_board
+
+    with tempfile.TemporaryDirectory(prefix="vnfio-sample-board-") as tmp:
+        board = build_sample_board(Path(tmp))
+        log.info("sample board: sysfs root %s, dev root %s", board.sys, board.dev)
+        settings = replace(settings, sysfs_root=board.sys, dev_root=board.dev)
+        return asyncio.run(_serve(Daemon(settings, sample_config=True)))
