@@ -127,7 +127,7 @@ def _check_on_host(temp_host_path: Path, host_root: Path, host_python: Path | No
     if not shebang:
         raise InstallError("it has no '#!' line, so the host's runtime cannot exec it")
     interpreter = shebang.split()[0]
-    checks = [_run_on_host([str(temp_host_path)], host_root, f"via its shebang #!{shebang}", interpreter)]
+    checks = [_run_on_host([str(temp_host_path)], host_root, f"via its #! line, {interpreter}", interpreter)]
     if host_python is not None:
         argv = [str(host_python), "-I", str(temp_host_path)]
         checks.append(_run_on_host(argv, host_root, f"{host_python} -I", str(host_python)))
@@ -208,6 +208,11 @@ def install(
     return Installed(executable=cni_bin_dir / name, checks=tuple(checks), conflist=installed_conf)
 
 
+def _optional_path(value: str) -> Path | None:
+    """Empty means unset: the DaemonSet passes `--flag=$(ENV)` and leaves the variable empty to turn a step off."""
+    return Path(value) if value else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cni.install",
@@ -227,13 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--host-python",
-        type=Path,
+        type=_optional_path,
         default=None,
-        help="also check with this host interpreter run as `PYTHON -I FILE` (host path, e.g. /usr/bin/python3)",
+        help="also check with this host interpreter run as `PYTHON -I FILE` (host path, e.g. /usr/bin/python3; "
+        "an empty value means: only via the shebang)",
     )
     parser.add_argument(
         "--conflist",
-        type=lambda value: Path(value) if value else None,
+        type=_optional_path,
         default=None,
         help="also install this conflist into --cni-conf-dir (an empty value means: do not)",
     )

@@ -102,7 +102,7 @@ def test_self_made_zipapp_installs_with_both_checks(tmp_path: Path, bin_dir: Pat
     done = _install("--bundle", bundle, "--cni-bin-dir", bin_dir, "--host-python", host_python)
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(bin_dir)) == ["vnfio"]
-    assert f"via its shebang #!{host_python} -I" in done.stderr
+    assert f"via its #! line, {host_python}: CNI 1.1.0" in done.stderr
     assert f"{host_python} -I: CNI 1.1.0" in done.stderr
 
 
