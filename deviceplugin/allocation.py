@@ -51,7 +51,7 @@ def preferred_allocation(
     pool: ResourcePool, available: Sequence[str], must_include: Sequence[str], size: int
 ) -> list[str]:
     """Exactly `size` IDs from `available`, including every `must_include`: healthy devices first, on one
-    NUMA node (the one that can hold the most), and for PCI spread over as few PFs as possible."""
+    NUMA node (the one that can hold the most, best fit among equals), and for PCI over as few PFs as possible."""
     name = pool.resource_name
     pool_avail = sorted(set(available))
     must = sorted(set(must_include))
@@ -96,16 +96,17 @@ def _node_order(node: DeviceNode) -> tuple[int, int, str]:
 
 def _best_node(chosen: list[PoolDevice], rest: list[PoolDevice], size: int) -> int | None:
     """The NUMA node that can hold the most of the allocation: must-include devices count first, then healthy
-    candidates (capped at what is still needed); ties go to the lower node number."""
+    candidates (capped at what is still needed). Among equals, the best fit — the node with the fewest
+    spare devices, which keeps bigger blocks free for later requests — then the lowest number."""
     nodes = sorted({d.numa_node for d in chosen + rest if d.numa_node is not None})
     if not nodes:
         return None
     need = size - len(chosen)
 
-    def score(node: int) -> tuple[int, int, int]:
+    def score(node: int) -> tuple[int, int, int, int]:
         pinned = sum(d.numa_node == node for d in chosen)
-        fits = min(need, sum(d.numa_node == node and d.healthy for d in rest))
-        return (pinned, fits, -node)
+        spare = sum(d.numa_node == node and d.healthy for d in rest)
+        return (pinned, min(need, spare), -spare, -node)
 
     return max(nodes, key=score)
 
