@@ -208,3 +208,29 @@ def test_kubelet_restart_deletes_plugin_sockets_and_keeps_other_files(plugin_dir
 
     asyncio.run(scenario())
     assert checkpoint.read_text() == "{}"
+
+
+def test_the_old_plugin_going_away_does_not_touch_its_replacement(plugin_dir: Path, kubelet: KubeletStub) -> None:
+    # Two plugin instances for one resource: the old one on its own socket, the new one registered after it.
+    from dataclasses import replace
+
+    old_pool = dprc_pool()
+    new_pool = replace(dprc_pool(), name="dpaa2_dprc_new")  # another socket, same devices
+
+    async def scenario() -> None:
+        async with serving(new_pool, plugin_dir) as new:
+            old = PluginServer(old_pool, plugin_dir)
+            await old.start()
+            await register(plugin_dir, old.pool, old.options)
+            await asyncio.to_thread(kubelet.wait_for, "nxp.com/dpaa2_dprc", lambda d: len(d) == 2)
+            await raw_register(plugin_dir, good_request(endpoint=new.socket_path.name))
+            await asyncio.to_thread(kubelet.wait_registered, "nxp.com/dpaa2_dprc", 2)
+            await old.stop()  # its stream ends after kubelet moved on to the new instance
+            # A third registration: a point after which kubelet has handled whatever the old stream's end did.
+            await raw_register(plugin_dir, good_request(endpoint=new.socket_path.name))
+            await asyncio.to_thread(kubelet.wait_registered, "nxp.com/dpaa2_dprc", 3)
+            seen = await asyncio.to_thread(kubelet.wait_for, "nxp.com/dpaa2_dprc", lambda d: len(d) == 2)
+            assert all(d.healthy for d in seen.values())
+            assert kubelet.stream_ends("nxp.com/dpaa2_dprc") == 0
+
+    asyncio.run(scenario())

@@ -340,3 +340,23 @@ def test_observer_sees_each_call(plugin_dir: Path) -> None:
         ("nxp.com/dpaa2_dprc", "Allocate", "OK", ("dprc.2",)),
         ("nxp.com/dpaa2_dprc", "Allocate", "NOT_FOUND", ()),
     ]
+
+
+def test_allocate_answers_each_container_request_in_order(plugin_dir: Path) -> None:
+    request = api_pb2.AllocateRequest(
+        container_requests=[
+            api_pb2.ContainerAllocateRequest(devices_ids=["dprc.3"]),
+            api_pb2.ContainerAllocateRequest(devices_ids=["dprc.2"]),
+        ]
+    )
+
+    async def scenario() -> None:
+        async with serving(dprc_pool(), plugin_dir) as server, dial(server) as stub:
+            reply = await stub.Allocate(request)
+            assert [c.envs["DPRC"] for c in reply.container_responses] == ["dprc.3", "dprc.2"]
+            assert [d.container_path for d in reply.container_responses[0].devices] == [
+                "/dev/vfio/vfio",
+                "/dev/vfio/11",
+            ]
+
+    asyncio.run(scenario())
