@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cni.errors import INTERNAL, CniError
+from cni.errors import INTERNAL, UNSUPPORTED_FIELD, CniError
 from cni.result import IPConfig, Route
 
 if TYPE_CHECKING:
@@ -128,9 +128,13 @@ def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filter
         attrs: dict[str, Any] = {"kind": "bridge"}
         if mtu:
             attrs["mtu"] = mtu
+        if vlan_filtering:
+            attrs["br_vlan_filtering"] = 1  # at creation, so a kernel without it leaves no bridge behind
         try:
             host.link("add", ifname=name, **attrs)
         except Exception as exc:
+            if _netlink_errno(exc) == errno.EOPNOTSUPP and vlan_filtering:
+                raise _no_vlan_filtering() from exc
             if _netlink_errno(exc) != errno.EEXIST:
                 raise CniError(INTERNAL, f"failed to create bridge {name!r}: {exc}") from exc
         index = link_index(host, name)
@@ -140,12 +144,21 @@ def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filter
     if state.kind != "bridge":
         raise CniError(INTERNAL, f"{name!r} already exists but is a {state.kind or 'plain'} link, not a bridge")
     if vlan_filtering:
-        host.link("set", index=index, kind="bridge", br_vlan_filtering=1)
+        try:
+            host.link("set", index=index, kind="bridge", br_vlan_filtering=1)
+        except Exception as exc:
+            if _netlink_errno(exc) == errno.EOPNOTSUPP:
+                raise _no_vlan_filtering() from exc
+            raise
     if promisc and not state.promisc:
         host.link("set", index=index, flags=0x100, mask=0x100)
-    if state.operstate not in ("UP", "UNKNOWN") or not _is_up(host, index):
+    if not _is_up(host, index):
         host.link("set", index=index, state="up")
     return state
+
+
+def _no_vlan_filtering() -> CniError:
+    return CniError(UNSUPPORTED_FIELD, "vlan: this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)")
 
 
 def _is_up(ipr: IPRoute, index: int) -> bool:
@@ -156,7 +169,7 @@ def attach_port(host: IPRoute, port: int, bridge: int, hairpin: bool, vlan: int)
     """Enslave `port` to `bridge`, set hairpin and the access VLAN, and bring it up."""
     host.link("set", index=port, master=bridge)
     if hairpin:
-        host.brport("set", index=port, hairpin=1)
+        host.brport("set", index=port, mode=1)  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN
     if vlan:
         # Access port: untagged PVID `vlan` instead of the kernel's default VLAN 1.
         host.vlan_filter("add", index=port, vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})

@@ -348,3 +348,8 @@ def host_veths() -> set[str]:
     """Names of host links that look like ours (`veth` + 8 hex): compare before and after to find leaks."""
     links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout)
     return {link["ifname"] for link in links if link["ifname"].startswith("veth") and len(link["ifname"]) == 12}
+
+
+def subnet_text(net: ipaddress.IPv4Network) -> str:
+    """The text every address of an IPv4 /24 (or smaller) test subnet starts with, e.g. "10.77.3."."""
+    return str(net.network_address).rsplit(".", 1)[0] + "."

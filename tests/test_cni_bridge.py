@@ -1,0 +1,266 @@
+"""Mode `bridge` end to end in real namespaces: gateway, options, parallel ADDs on one bridge, chaining."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cni_helpers import (
+    Scenario,
+    assert_no_debris,
+    cni_env,
+    ping,
+    random_subnet,
+    random_subnet6,
+    run_vnfio,
+)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[Scenario]:
+    scenario = Scenario(tmp_path)
+    try:
+        yield scenario
+    finally:
+        scenario.close()
+
+
+def _conf(world: Scenario, bridge: str, *subnets: str, **extra: Any) -> dict[str, Any]:
+    return {"cniVersion": "1.1.0", "name": "bridge-test", "type": "vnfio", "mode": "bridge", "bridge": bridge,
+            "ipam": world.host_local(*subnets), **extra}
+
+
+def _ip(cidr: str) -> str:
+    return str(ipaddress.ip_interface(cidr).ip)
+
+
+def _link(name: str) -> dict[str, Any]:
+    return json.loads(subprocess.run(["ip", "-j", "-d", "link", "show", "dev", name], capture_output=True,
+                                     text=True, check=True).stdout)[0]
+
+
+def _ports(bridge: str) -> set[str]:
+    out = subprocess.run(["ip", "-j", "link", "show", "master", bridge], capture_output=True, text=True).stdout
+    return {link["ifname"] for link in json.loads(out or "[]")}
+
+
+def _bridge_addresses(bridge: str) -> set[str]:
+    out = json.loads(subprocess.run(["ip", "-j", "addr", "show", "dev", bridge], capture_output=True, text=True,
+                                    check=True).stdout)
+    return {f"{a['local']}/{a['prefixlen']}" for e in out for a in e["addr_info"] if a.get("scope") != "link"}
+
+
+def test_two_pods_on_a_gateway_bridge_dual_stack(world: Scenario) -> None:
+    bridge = world.link_name("br")
+    subnet, subnet6 = random_subnet(), random_subnet6()
+    conf = _conf(world, bridge, str(subnet), str(subnet6), isDefaultGateway=True)
+    a, b = world.netns(), world.netns()
+    ra = run_vnfio(cni_env("ADD", "pod-a", a.path), conf)
+    rb = run_vnfio(cni_env("ADD", "pod-b", b.path), conf)
+    assert ra.code == 0, ra.out
+    assert rb.code == 0, rb.out
+    result = ra.json
+    br, host_veth, pod_if = result["interfaces"]
+    assert br["name"] == bridge and "sandbox" not in br
+    assert host_veth["name"].startswith("veth") and "sandbox" not in host_veth
+    assert pod_if["name"] == "eth0" and pod_if["sandbox"] == a.path
+    assert [ip["interface"] for ip in result["ips"]] == [2, 2]
+    gw4, gw6 = (ip["gateway"] for ip in result["ips"])
+    assert gw4 == str(subnet.network_address + 1)
+    assert {"dst": "0.0.0.0/0", "gw": gw4} in result["routes"]
+    assert {"dst": "::/0", "gw": gw6} in result["routes"]
+
+    # what the kernel shows: the port on the bridge with the MAC reported, the gateway on the bridge
+    assert _ports(bridge) == {host_veth["name"], rb.json["interfaces"][1]["name"]}
+    assert _link(host_veth["name"])["address"] == host_veth["mac"]
+    assert _link(bridge)["address"] == rb.json["interfaces"][0]["mac"]
+    assert _bridge_addresses(bridge) == {f"{gw4}/24", f"{gw6}/64"}
+    assert any(r["dst"] == "default" and r.get("gateway") == gw4 for r in a.routes("-4"))
+
+    peer4, peer6 = (_ip(ip["address"]) for ip in rb.json["ips"])
+    assert ping(a, gw4) and ping(a, peer4)
+    assert ping(a, gw6) and ping(a, peer6)
+
+    assert run_vnfio(cni_env("CHECK", "pod-a", a.path), {**conf, "prevResult": result}).code == 0
+    for pod, ns, added in (("pod-a", a, ra), ("pod-b", b, rb)):
+        out = run_vnfio(cni_env("DEL", pod, ns.path), {**conf, "prevResult": added.json})
+        assert (out.code, out.out) == (0, "")
+        assert set(ns.links()) == {"lo"}
+    assert _ports(bridge) == set()
+    assert_no_debris(world)
+
+
+def test_check_notices_a_port_taken_off_the_bridge(world: Scenario) -> None:
+    bridge = world.link_name("br")
+    conf = _conf(world, bridge, str(random_subnet()), isGateway=True)
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    conf["prevResult"] = added.json
+    subprocess.run(["ip", "link", "set", added.json["interfaces"][1]["name"], "nomaster"], check=True)
+    out = run_vnfio(cni_env("CHECK", "pod-a", ns.path), conf)
+    assert out.code != 0
+    assert bridge in out.json["msg"]
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
+    assert_no_debris(world)
+
+
+def test_port_options_mtu_and_hairpin(world: Scenario) -> None:
+    bridge = world.link_name("br")
+    conf = _conf(world, bridge, str(random_subnet()), mtu=1400, hairpinMode=True)
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    host_veth = added.json["interfaces"][1]["name"]
+    assert _link(bridge)["mtu"] == 1400
+    assert _link(host_veth)["mtu"] == 1400
+    assert ns.links()["eth0"]["mtu"] == 1400
+    assert Path(f"/sys/class/net/{host_veth}/brport/hairpin_mode").read_text().strip() == "1"
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
+    assert_no_debris(world)
+
+
+def _kernel_has_bridge_vlan_filtering(world: Scenario) -> bool:
+    probe = world.link_name("brv")
+    subprocess.run(["ip", "link", "add", probe, "type", "bridge"], check=True)
+    try:
+        return Path(f"/sys/class/net/{probe}/bridge/vlan_filtering").exists()
+    finally:
+        subprocess.run(["ip", "link", "del", probe], check=True)
+
+
+def test_vlan_makes_an_access_port_or_fails_cleanly_without_kernel_support(world: Scenario) -> None:
+    bridge = world.link_name("br")
+    conf = _conf(world, bridge, str(random_subnet()), vlan=42)
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    if not _kernel_has_bridge_vlan_filtering(world):
+        # this kernel (no CONFIG_BRIDGE_VLAN_FILTERING) cannot: a clear code 2, no bridge, port or reservation
+        assert added.error_code == 2
+        assert "vlan" in added.json["msg"]
+        assert set(ns.links()) == {"lo"}
+        assert not Path(f"/sys/class/net/{bridge}").exists()
+        assert_no_debris(world)
+        return
+    assert added.code == 0, added.out
+    host_veth = added.json["interfaces"][1]["name"]
+    assert Path(f"/sys/class/net/{bridge}/bridge/vlan_filtering").read_text().strip() == "1"
+    vlans = json.loads(subprocess.run(["bridge", "-j", "vlan", "show", "dev", host_veth], capture_output=True,
+                                      text=True, check=True).stdout)
+    entries = [v for port in vlans for v in port["vlans"]]
+    assert entries == [{"vlan": 42, "flags": ["PVID", "Egress Untagged"]}]
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
+    assert_no_debris(world)
+
+
+def test_promisc_mode_sets_the_bridge_promiscuous(world: Scenario) -> None:
+    bridge = world.link_name("br")
+    conf = _conf(world, bridge, str(random_subnet()), promiscMode=True)
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    assert "PROMISC" in _link(bridge)["flags"]
+    assert run_vnfio(cni_env("CHECK", "pod-a", ns.path), {**conf, "prevResult": added.json}).code == 0
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
+    assert_no_debris(world)
+
+
+def test_a_foreign_address_on_the_bridge_needs_force_address(world: Scenario) -> None:
+    bridge = world.link_name("br")
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    other = random_subnet()
+    subprocess.run(["ip", "addr", "add", f"{other.network_address + 1}/24", "dev", bridge], check=True)
+    subnet = random_subnet()
+    conf = _conf(world, bridge, str(subnet), isGateway=True)
+    ns = world.netns()
+    out = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert out.code != 0
+    assert "forceAddress" in out.json["msg"]
+    assert set(ns.links()) == {"lo"}
+    assert _ports(bridge) == set()
+    assert_no_debris(world)
+
+    conf["forceAddress"] = True
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    assert _bridge_addresses(bridge) == {f"{subnet.network_address + 1}/24"}
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
+    assert_no_debris(world)
+
+
+def test_a_non_bridge_link_with_the_bridge_name_is_an_error(world: Scenario) -> None:
+    name, _ = world.veth_pair("nb")
+    conf = _conf(world, name, str(random_subnet()))
+    ns = world.netns()
+    out = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert out.code != 0
+    assert "not a bridge" in out.json["msg"]
+    assert set(ns.links()) == {"lo"}
+    assert_no_debris(world)
+
+
+def test_sixteen_parallel_adds_on_one_bridge_get_distinct_addresses(world: Scenario) -> None:
+    """The node daemon runs commands in threads: 16 at once through `execute`, no errors, distinct IPs."""
+    bridge = world.link_name("br")
+    subnet = random_subnet()
+    conf = _conf(world, bridge, str(subnet), isGateway=True)
+    pods = [world.netns() for _ in range(16)]
+
+    def add(n: int) -> Any:
+        return run_vnfio(cni_env("ADD", f"par-{n}", pods[n].path), conf)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(add, range(16)))
+    assert [r.code for r in results] == [0] * 16, [r.out for r in results if r.code]
+    addresses = {r.json["ips"][0]["address"] for r in results}
+    assert len(addresses) == 16
+    assert all(ipaddress.ip_interface(a).network == subnet for a in addresses)
+    assert len(_ports(bridge)) == 16
+    assert ping(pods[0], _ip(results[15].json["ips"][0]["address"]))
+
+    def delete(n: int) -> Any:
+        return run_vnfio(cni_env("DEL", f"par-{n}", pods[n].path), {**conf, "prevResult": results[n].json})
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        deleted = list(pool.map(delete, range(16)))
+    assert [d.code for d in deleted] == [0] * 16
+    assert _ports(bridge) == set()
+    assert all(set(ns.links()) == {"lo"} for ns in pods)
+    assert_no_debris(world)
+
+
+def test_chaining_consumes_and_produces_prev_result(world: Scenario) -> None:
+    """A conflist of two vnfio attachments: veth on eth0, then bridge on net1 with the first result as
+    prevResult; the final result carries both, CHECK and DEL run with it, DEL in reverse order."""
+    bridge = world.link_name("br")
+    first = {"cniVersion": "1.0.0", "name": "chain", "type": "vnfio", "mode": "veth",
+             "ipam": world.host_local(str(random_subnet()))}
+    second = {"cniVersion": "1.0.0", "name": "chain", "type": "vnfio", "mode": "bridge", "bridge": bridge,
+              "isGateway": True, "ipam": world.host_local(str(random_subnet()))}
+    ns = world.netns()
+    one = run_vnfio(cni_env("ADD", "pod-c", ns.path), first)
+    assert one.code == 0, one.out
+    two = run_vnfio(cni_env("ADD", "pod-c", ns.path, ifname="net1"), {**second, "prevResult": one.json})
+    assert two.code == 0, two.out
+    final = two.json
+    assert final["cniVersion"] == "1.0.0"
+    names = [i["name"] for i in final["interfaces"]]
+    assert names[:2] == [one.json["interfaces"][0]["name"], "eth0"]
+    assert names[2:4] == [bridge, final["interfaces"][3]["name"]] and names[4] == "net1"
+    assert [ip["interface"] for ip in final["ips"]] == [1, 4]
+    assert final["ips"][0] == one.json["ips"][0]
+    assert set(ns.links()) == {"lo", "eth0", "net1"}
+
+    assert run_vnfio(cni_env("CHECK", "pod-c", ns.path), {**first, "prevResult": final}).code == 0
+    check = run_vnfio(cni_env("CHECK", "pod-c", ns.path, ifname="net1"), {**second, "prevResult": final})
+    assert (check.code, check.out) == (0, "")
+    assert run_vnfio(cni_env("DEL", "pod-c", ns.path, ifname="net1"), {**second, "prevResult": final}).code == 0
+    assert run_vnfio(cni_env("DEL", "pod-c", ns.path), {**first, "prevResult": final}).code == 0
+    assert set(ns.links()) == {"lo"}
+    assert_no_debris(world)

@@ -1,0 +1,206 @@
+"""Mode `veth` (point-to-point, like the reference ptp) end to end in real namespaces."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cni_helpers import (
+    Netns,
+    Scenario,
+    assert_no_debris,
+    cni_env,
+    host_links_with,
+    host_mentions,
+    ping,
+    random_subnet,
+    random_subnet6,
+    reservation_files,
+    run_vnfio,
+    subnet_text,
+)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[Scenario]:
+    scenario = Scenario(tmp_path)
+    try:
+        yield scenario
+    finally:
+        scenario.close()
+
+
+def _conf(world: Scenario, *subnets: str, version: str = "1.1.0", **extra: Any) -> dict[str, Any]:
+    return {"cniVersion": version, "name": "veth-test", "type": "vnfio", "mode": "veth",
+            "ipam": world.host_local(*subnets, routes=[{"dst": "0.0.0.0/0"}]), **extra}
+
+
+def _ip(cidr: str) -> str:
+    return str(ipaddress.ip_interface(cidr).ip)
+
+
+def test_two_pods_reach_each_other_and_the_gateway_dual_stack(world: Scenario) -> None:
+    subnet, subnet6 = random_subnet(), random_subnet6()
+    conf = _conf(world, str(subnet), str(subnet6))
+    a, b = world.netns(), world.netns()
+    ra = run_vnfio(cni_env("ADD", "pod-a", a.path), conf)
+    rb = run_vnfio(cni_env("ADD", "pod-b", b.path), conf)
+    assert ra.code == 0, ra.out
+    assert rb.code == 0, rb.out
+    result = ra.json
+    host_veth, pod_if = result["interfaces"]
+    assert pod_if == {"name": "eth0", "mac": pod_if["mac"], "sandbox": a.path, "mtu": 1500}
+    assert "sandbox" not in host_veth
+    assert [ip["interface"] for ip in result["ips"]] == [1, 1]
+    v4, v6 = result["ips"]
+    assert ipaddress.ip_interface(v4["address"]).network == subnet
+    assert ipaddress.ip_interface(v6["address"]).network == subnet6
+
+    # the kernel's view: the pod has its addresses and reaches everything through the gateway
+    assert a.addresses("eth0") >= {v4["address"], v6["address"]}
+    routes = {(r["dst"], r.get("gateway"), r.get("scope")) for r in a.routes("-4")}
+    assert (v4["gateway"], None, "link") in routes
+    assert (str(subnet), v4["gateway"], None) in routes
+    assert ("default", v4["gateway"], None) in routes
+    # the host end carries the gateway as a host address, and a host route leads to the pod
+    assert any(f"inet {v4['gateway']}/32" in line and host_veth["name"] in line for line in host_mentions(
+        v4["gateway"]))
+    assert any(line.startswith(f"{_ip(v4['address'])} dev {host_veth['name']}") for line in host_mentions(
+        _ip(v4["address"])))
+
+    assert ping(a, v4["gateway"])
+    assert ping(a, _ip(rb.json["ips"][0]["address"]))
+    assert ping(a, v6["gateway"])
+    assert ping(a, _ip(rb.json["ips"][1]["address"]))
+
+    check = run_vnfio(cni_env("CHECK", "pod-a", a.path), {**conf, "prevResult": result})
+    assert (check.code, check.out) == (0, "")
+
+    for pod, ns, added in (("pod-a", a, ra), ("pod-b", b, rb)):
+        out = run_vnfio(cni_env("DEL", pod, ns.path), {**conf, "prevResult": added.json})
+        assert (out.code, out.out) == (0, "")
+        assert set(ns.links()) == {"lo"}
+    assert host_links_with({host_veth["name"], rb.json["interfaces"][0]["name"]}) == set()
+    assert_no_debris(world, subnet=subnet_text(subnet))
+
+
+def test_del_is_idempotent(world: Scenario) -> None:
+    conf = _conf(world, str(random_subnet()))
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    for _ in range(3):
+        assert run_vnfio(cni_env("DEL", "pod-a", ns.path), {**conf, "prevResult": added.json}).code == 0
+    assert set(ns.links()) == {"lo"}
+    assert_no_debris(world)
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
+def test_results_are_printed_at_the_configs_version(world: Scenario, version: str) -> None:
+    conf = _conf(world, str(random_subnet()), version=version)
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    result = added.json
+    assert result["cniVersion"] == version
+    ip = result["ips"][0]
+    if version < "1.0.0":
+        assert ip["version"] == "4"
+    else:
+        assert "version" not in ip
+    assert ip["interface"] == 1
+    assert all("mtu" not in iface for iface in result["interfaces"])
+    if version >= "0.4.0":
+        assert run_vnfio(cni_env("CHECK", "pod-a", ns.path), {**conf, "prevResult": result}).code == 0
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), {**conf, "prevResult": result}).code == 0
+    assert_no_debris(world)
+
+
+def test_check_reports_a_missing_address_and_a_missing_interface(world: Scenario) -> None:
+    conf = _conf(world, str(random_subnet()))
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    conf["prevResult"] = added.json
+    address = added.json["ips"][0]["address"]
+    ns.ip("addr", "del", address, "dev", "eth0")
+    out = run_vnfio(cni_env("CHECK", "pod-a", ns.path), conf)
+    assert out.code != 0
+    assert address in out.json["msg"]
+    ns.ip("link", "del", "eth0")
+    out = run_vnfio(cni_env("CHECK", "pod-a", ns.path), conf)
+    assert out.code != 0
+    assert "eth0" in out.json["msg"]
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
+    assert_no_debris(world)
+
+
+def test_an_interface_name_already_taken_fails_and_rolls_back_ipam(world: Scenario) -> None:
+    conf = _conf(world, str(random_subnet()))
+    ns = world.netns()
+    ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "other0")
+    out = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert out.code != 0
+    assert out.error_code == 999
+    assert "eth0" in out.json["msg"] and "already exists" in out.json["msg"]
+    assert set(ns.links()) == {"lo", "eth0", "other0"}
+    assert_no_debris(world)
+
+
+def test_an_exhausted_range_fails_cleanly(world: Scenario) -> None:
+    conf = _conf(world, str(random_subnet(30)))  # one usable address next to the gateway
+    first, second = world.netns(), world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", first.path), conf)
+    assert added.code == 0, added.out
+    out = run_vnfio(cni_env("ADD", "pod-b", second.path), conf)
+    assert out.code != 0
+    assert out.error_code is not None
+    assert "no IP addresses available" in out.json["msg"] or "exhausted" in out.json["msg"]
+    assert set(second.links()) == {"lo"}
+    assert len(reservation_files(world.data_dir)) == 2  # the first pod's address file and its index entry
+    assert run_vnfio(cni_env("DEL", "pod-b", second.path), conf).code == 0  # the runtime DELs a failed ADD
+    assert run_vnfio(cni_env("DEL", "pod-a", first.path), {**conf, "prevResult": added.json}).code == 0
+    assert_no_debris(world)
+
+
+def test_runtime_config_mac_and_mtu_and_config_dns(world: Scenario) -> None:
+    subnet = random_subnet()
+    conf = _conf(world, str(subnet), runtimeConfig={"mac": "0a:58:0a:01:02:03", "mtu": 1400},
+                 dns={"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"]})
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    pod_if = ns.links()["eth0"]
+    assert pod_if["address"] == "0a:58:0a:01:02:03"
+    assert pod_if["mtu"] == 1400
+    assert added.json["interfaces"][1]["mac"] == "0a:58:0a:01:02:03"
+    assert added.json["interfaces"][1]["mtu"] == 1400
+    assert added.json["dns"] == {"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"]}
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), {**conf, "prevResult": added.json}).code == 0
+    assert_no_debris(world)
+
+
+def test_cni_args_mac_wins_over_runtime_config(world: Scenario) -> None:
+    conf = _conf(world, str(random_subnet()), runtimeConfig={"mac": "0a:58:0a:01:02:03"})
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path, args="IgnoreUnknown=1;MAC=0a:58:0a:09:09:09;K8S_POD_UID=u"),
+                      conf)
+    assert added.code == 0, added.out
+    assert ns.links()["eth0"]["address"] == "0a:58:0a:09:09:09"
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
+    assert_no_debris(world)
+
+
+def test_the_executable_wires_a_pod_like_the_in_process_path(world: Scenario) -> None:
+    conf = _conf(world, str(random_subnet()))
+    ns: Netns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf, in_process=False)
+    assert added.code == 0, added.out
+    assert ping(ns, added.json["ips"][0]["gateway"])
+    out = run_vnfio(cni_env("DEL", "pod-a", ns.path), {**conf, "prevResult": added.json}, in_process=False)
+    assert (out.code, out.out) == (0, "")
+    assert set(ns.links()) == {"lo"}
+    assert_no_debris(world)
