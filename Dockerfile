@@ -9,7 +9,13 @@
 # SYS_ADMIN (it wires links in the host network namespace and writes /opt/cni/bin): see manifests/base/.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# The interpreter the CNI executable names in its #! line: the nodes' own python3 (>= 3.11 for the in-process
+# fallback). If yours lives elsewhere, build with --build-arg HOST_PYTHON=... and set VNFIO_HOST_PYTHON in
+# manifests/base/cni.yaml to the same path.
+ARG HOST_PYTHON=/usr/bin/python3
+
 FROM ${PYTHON_IMAGE} AS builder
+ARG HOST_PYTHON
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
@@ -23,7 +29,7 @@ COPY cni cni
 # The wheel carries no dependencies of its own: they came from the lock above.
 RUN /opt/vnfio/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && /opt/vnfio/venv/bin/pip install --no-cache-dir --no-deps /wheels/vnfio-*.whl \
- && /opt/vnfio/venv/bin/python -m cni.bundle /opt/vnfio/vnfio \
+ && /opt/vnfio/venv/bin/python -m cni.bundle --python "${HOST_PYTHON}" /opt/vnfio/vnfio \
  && /opt/vnfio/venv/bin/python -m pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}

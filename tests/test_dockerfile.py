@@ -155,7 +155,7 @@ def test_builder_installs_from_the_lock_and_builds_wheel_and_bundle() -> None:
     assert "pip install --no-cache-dir -r hack/requirements.lock" in runs
     assert "pip wheel --no-cache-dir --no-deps" in runs
     assert "pip install --no-cache-dir --no-deps /wheels/vnfio-" in runs
-    assert "python -m cni.bundle /opt/vnfio/vnfio" in runs
+    assert 'python -m cni.bundle --python "${HOST_PYTHON}" /opt/vnfio/vnfio' in runs
 
 
 def test_final_stage_has_no_build_tools_and_runs_unprivileged() -> None:
@@ -175,6 +175,16 @@ def test_final_stage_has_no_build_tools_and_runs_unprivileged() -> None:
         "org.opencontainers.image.licenses",
     ):
         assert key in labels
+
+
+def test_host_python_of_the_bundle_is_the_one_the_installer_checks() -> None:
+    args = {
+        i.args.split("=", 1)[0]: i.args.split("=", 1)[1]
+        for i in dockerfile_instructions()
+        if i.keyword == "ARG" and i.stage < 0
+    }
+    cni = (REPO / "manifests" / "base" / "cni.yaml").read_text()
+    assert f"- name: VNFIO_HOST_PYTHON\n              value: {args['HOST_PYTHON']}\n" in cni
 
 
 def test_entrypoint_and_manifest_commands_are_console_scripts_in_the_venv() -> None:
@@ -238,6 +248,17 @@ def test_the_wheel_builds_from_exactly_the_build_context_the_dockerfile_copies(t
         assert "cni/bundle.py" in names
     for script in ("vnfio-device-plugin = deviceplugin.cli:main", "vnfio = cni.main:main", "vnfio-cni-daemon"):
         assert script in entry_points
+    # The bundle step too, from the same context: it needs nothing the Dockerfile does not copy.
+    bundle = tmp_path / "vnfio"
+    done = subprocess.run(
+        [sys.executable, "-m", "cni.bundle", "--python", "/usr/bin/python3", str(bundle)],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert bundle.read_bytes().startswith(b"#!/usr/bin/python3 ")
     # The wheel's own requirements are what the lock resolved, so `--no-deps` in the image loses nothing.
     required = {
         canonicalize_name(Requirement(line.split(":", 1)[1]).name)
