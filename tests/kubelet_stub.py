@@ -176,19 +176,22 @@ class KubeletStub:
     def socket(self) -> Path:
         return self.plugin_dir / KUBELET_SOCKET
 
-    def start(self) -> None:
-        """Delete every unix socket in the plugin dir (keeping other files) and serve kubelet.sock."""
-        self._run(self._start())
+    def start(self, *, keep_plugin_sockets: bool = False) -> None:
+        """Delete every unix socket in the plugin dir (keeping other files) and serve kubelet.sock.
+
+        `keep_plugin_sockets` leaves the plugins' sockets alone, so a plugin can only tell from kubelet.sock
+        itself (new inode or ctime) that kubelet restarted: a test of that one signal."""
+        self._run(self._start(keep_plugin_sockets))
 
     def stop(self) -> None:
         """Go away like a stopped kubelet: close kubelet.sock and drop every plugin connection."""
         if self._loop is not None:
             self._run(self._stop())
 
-    def restart(self) -> None:
+    def restart(self, *, keep_plugin_sockets: bool = False) -> None:
         """A kubelet restart: plugins see their sockets deleted and a new kubelet.sock, and must register again."""
         self.stop()
-        self.start()
+        self.start(keep_plugin_sockets=keep_plugin_sockets)
 
     def close(self) -> None:
         """Stop, and end the background thread."""
@@ -309,13 +312,13 @@ class KubeletStub:
         return future.result(timeout)
 
     # ---------------------------------------------------------------------------- on the loop
-    async def _start(self) -> None:
+    async def _start(self, keep_plugin_sockets: bool) -> None:
         if self._server is not None:
             raise RuntimeError("the kubelet stub is already started")
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
         for entry in self.plugin_dir.iterdir():
             # Like kubelet: every socket goes (plugins' and a stale kubelet.sock), the checkpoint stays.
-            if stat.S_ISSOCK(entry.lstat().st_mode):
+            if stat.S_ISSOCK(entry.lstat().st_mode) and (entry.name == KUBELET_SOCKET or not keep_plugin_sockets):
                 entry.unlink()
         server = grpc.aio.server()
         api_pb2_grpc.add_RegistrationServicer_to_server(_RegistrationServicer(self), server)

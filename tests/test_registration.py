@@ -234,3 +234,24 @@ def test_the_old_plugin_going_away_does_not_touch_its_replacement(plugin_dir: Pa
             assert kubelet.stream_ends("nxp.com/dpaa2_dprc") == 0
 
     asyncio.run(scenario())
+
+
+def test_kubelet_restart_that_keeps_plugin_sockets_only_renews_kubelet_sock(
+    plugin_dir: Path, kubelet: KubeletStub
+) -> None:
+    async def scenario() -> None:
+        async with serving(dprc_pool(), plugin_dir) as server:
+            await register(plugin_dir, server.pool, server.options)
+            await asyncio.to_thread(kubelet.wait_for, "nxp.com/dpaa2_dprc", lambda d: len(d) == 2)
+            before = (plugin_dir / "kubelet.sock").stat()
+            await asyncio.to_thread(kubelet.restart, keep_plugin_sockets=True)
+            after = (plugin_dir / "kubelet.sock").stat()
+            assert server.socket_present()
+            assert (after.st_ino, after.st_ctime_ns) != (before.st_ino, before.st_ctime_ns)
+            assert kubelet.devices("nxp.com/dpaa2_dprc") == {}
+            await register(plugin_dir, server.pool, server.options)  # the same server, registered again
+            seen = await asyncio.to_thread(kubelet.wait_for, "nxp.com/dpaa2_dprc", lambda d: len(d) == 2)
+            assert all(d.healthy for d in seen.values())
+
+    asyncio.run(scenario())
+    assert kubelet.registration_count("nxp.com/dpaa2_dprc") == 2
