@@ -8,6 +8,7 @@ only when it is gone from sysfs or no longer named by the identity selectors (se
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,19 +124,14 @@ def _group_health(inventory: Inventory, number: int) -> list[str]:
 
 
 def _unit(
-    unit_id: str,
-    claims: tuple[str, ...],
-    known: set[str],
-    not_eligible: list[str],
-    unhealthy: list[str],
-    **fields: object,
+    device: PoolDevice, claims: tuple[str, ...], known: set[str], not_eligible: list[str], unhealthy: list[str]
 ) -> _Unit:
-    """Eligibility failures exclude a new device but only make a known one Unhealthy (health stickiness)."""
-    if not_eligible and unit_id not in known:
-        return _Unit(unit_id, claims, excluded="; ".join(not_eligible))
+    """Eligibility failures leave a new device out but only make a known one Unhealthy (health stickiness)."""
+    if not_eligible and device.id not in known:
+        return _Unit(device.id, claims, excluded="; ".join(not_eligible))
     reasons = not_eligible + unhealthy
-    device = PoolDevice(id=unit_id, healthy=not reasons, why_unhealthy="; ".join(reasons) or None, **fields)  # type: ignore[arg-type]
-    return _Unit(unit_id, claims, device=device)
+    judged = dataclasses.replace(device, healthy=not reasons, why_unhealthy="; ".join(reasons) or None)
+    return _Unit(device.id, claims, device=judged)
 
 
 # ------------------------------------------------------------------------------------------------ DPAA2
@@ -183,18 +179,16 @@ def _fslmc_unit(container: FslMcContainer, selectors: FslMcSelectors, inventory:
         unhealthy += _group_health(inventory, container.iommu_group)
         groups = (container.iommu_group,)
         nodes = (_vfio_node(inventory), _group_node(inventory, container.iommu_group))
-    return _unit(
-        container.name,
-        (container.name,),
-        known,
-        not_eligible,
-        unhealthy,
+    device = PoolDevice(
+        id=container.name,
         kind=DeviceType.FSLMC,
+        healthy=True,
         iommu_groups=groups,
         numa_node=container.numa_node,
         container=container.name,
         nodes=nodes,
     )
+    return _unit(device, (container.name,), known, not_eligible, unhealthy)
 
 
 # -------------------------------------------------------------------------------------------------- PCI
@@ -266,16 +260,14 @@ def _pci_unit(
     unhealthy = _group_health(inventory, group) if group is not None else []
     numa = {fn.numa_node for fn in functions}
     all_addresses = tuple(addresses or sorted(fn.address for fn in functions))
-    return _unit(
-        unit_id,
-        all_addresses,
-        known,
-        not_eligible,
-        unhealthy,
+    device = PoolDevice(
+        id=unit_id,
         kind=DeviceType.PCI,
+        healthy=True,
         iommu_groups=(group,) if group is not None else (),
         numa_node=numa.pop() if len(numa) == 1 else None,
         pci_addresses=all_addresses,
         pfs=tuple(sorted({fn.pf_address for fn in functions if fn.pf_address})),
         nodes=(_vfio_node(inventory), _group_node(inventory, group)) if group is not None else (),
     )
+    return _unit(device, all_addresses, known, not_eligible, unhealthy)

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from deviceplugin.config import SAMPLE_CONFIG, PoolConfig, parse_config
 from deviceplugin.discovery import discover
@@ -321,3 +323,85 @@ def test_a_custom_board_with_two_pfs(tmp_path: Path) -> None:
     board = SampleBoard(tmp_path / "b").build(pci_functions=functions)
     pool = _build(board, _configs(_pci({"pfNames": ["eth2"]}))).pools["example.com/vf"]
     assert _ids(pool) == ["0001:02:00.1"] and pool.device("0001:02:00.1").pfs == ("0001:02:00.0",)
+
+
+# ------------------------------------------------------------------------- invariants under kernel events
+PCI_NAMES = ["0001:01:00.1", "0001:01:00.2", "0001:01:00.3", "0001:01:00.4"]
+MC_NAMES = ["dprc.2", "dprc.3", "dpni.1", "dpio.16", "dpmcp.3", "dpseci.0"]
+EVENTS = st.lists(
+    st.one_of(
+        st.tuples(st.just("driver"), st.sampled_from(PCI_NAMES), st.sampled_from(["vfio-pci", "i40e", None])),
+        st.tuples(
+            st.just("driver"), st.sampled_from(MC_NAMES), st.sampled_from(["vfio-fsl-mc", "fsl_mc_allocator", None])
+        ),
+        st.tuples(st.just("node"), st.sampled_from([10, 11, 20, 21, 22]), st.booleans()),
+    ),
+    max_size=6,
+)
+
+
+@pytest.fixture(scope="module")
+def event_board(tmp_path_factory: pytest.TempPathFactory) -> SampleBoard:
+    return build_sample_board(tmp_path_factory.mktemp("events"))
+
+
+def _apply(board: SampleBoard, event: tuple[Any, ...]) -> None:
+    kind, name, value = event
+    if kind == "node" and value:
+        board.add_group_node(name)
+    elif kind == "node":
+        board.remove_group_node(name)
+    elif value is None:
+        board.unbind(name)
+    else:
+        board.bind(name, value)
+
+
+def _assert_safe(board: SampleBoard, built: PoolBuild) -> None:
+    inv = discover(board.sys, board.dev)
+    drivers = {f.address: f.driver for f in inv.pci}
+    containers = {c.name: c for c in inv.containers}
+    taken: list[str] = []
+    for pool in built.pools.values():
+        for dev in pool.devices:
+            assert dev.id not in {"dprc.1", "dprc.4", "0001:01:00.0", "0001:00:00.0"}
+            for number in dev.iommu_groups:
+                group = inv.groups[number]
+                members = [m for m in group.members if m in drivers and m != "0001:00:00.0"]
+                if dev.pci_addresses:
+                    assert list(dev.pci_addresses) == members  # the whole group, never a part
+                if dev.healthy:
+                    assert group.viable and group.dev_node is not None and inv.vfio_container_node is not None
+            if dev.healthy:
+                assert all(drivers[a] == "vfio-pci" for a in dev.pci_addresses)
+                if dev.container:
+                    assert containers[dev.container].driver == "vfio-fsl-mc"
+                    assert containers[dev.container].all_objects_vfio
+            taken += list(dev.pci_addresses) + ([dev.container] if dev.container else [])
+    assert len(taken) == len(set(taken))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=EVENTS)
+def test_nothing_unsafe_is_ever_healthy_and_groups_never_split(event_board: SampleBoard, events: list) -> None:
+    configs = (
+        *parse_config(SAMPLE_CONFIG).pools,
+        *_configs({"resourceName": "any_vf", "deviceType": "pci", "selectors": {"vendors": ["8086"]}}),
+    )
+    original = {**{n: event_board.pci[n].driver for n in PCI_NAMES}, **{n: event_board.mc[n].driver for n in MC_NAMES}}
+    before = _build(event_board, configs).pools
+    try:
+        for event in events:
+            _apply(event_board, event)
+        fresh = _build(event_board, configs)
+        _assert_safe(event_board, fresh)
+        sticky = _build(event_board, configs, previous=before)
+        _assert_safe(event_board, sticky)
+        # Stickiness keeps every device that still exists: nothing was removed from sysfs here.
+        for name, pool in before.items():
+            assert set(_ids(pool)) <= set(_ids(sticky.pools[name]))
+    finally:
+        for name, driver in original.items():
+            _apply(event_board, ("driver", name, driver))
+        for group in (10, 11, 20, 21, 22):
+            event_board.add_group_node(group)
