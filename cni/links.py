@@ -258,8 +258,8 @@ def add_route(
     try:
         ipr.route("add", **kwargs)
     except Exception as exc:
-        if _netlink_errno(exc) != errno.EEXIST:
-            raise CniError(INTERNAL, f"failed to add route {dst} via {gw or 'link'}: {exc}") from exc
+        # EEXIST too: a pod that already has this destination (say, a default route) would silently not get ours.
+        raise CniError(INTERNAL, f"failed to add route {dst} via {gw or 'link'}: {exc}") from exc
 
 
 def configure_iface(ipr: IPRoute, index: int, ips: Iterable[IPConfig], routes: Sequence[Route], nodad: bool) -> None:

@@ -271,20 +271,19 @@ def host_mentions(text: str) -> list[str]:
 
 
 def reservation_files(data_dir: Path) -> list[Path]:
-    """IP reservations left under a host-local `dataDir`: files named after an address, and non-empty per-key
-    index entries (`by-key/`). Lock files and `last_reserved_ip.*` are bookkeeping, not reservations."""
+    """IP reservations held under a host-local `dataDir`: the files named after an address (the on-disk format
+    the reference defined). Locks, `last_reserved_ip.*` and index entries are bookkeeping: an index entry
+    without its address file holds nothing."""
     if not data_dir.exists():
         return []
     found = []
     for p in data_dir.rglob("*"):
-        if not p.is_file():
-            continue
         try:
             ipaddress.ip_address(p.name)
-            found.append(p)
         except ValueError:
-            if p.parent.name == "by-key" and p.stat().st_size > 0:
-                found.append(p)
+            continue
+        if p.is_file():
+            found.append(p)
     return found
 
 

@@ -160,7 +160,7 @@ def test_an_exhausted_range_fails_cleanly(world: Scenario) -> None:
     assert out.error_code is not None
     assert "no IP addresses available" in out.json["msg"] or "exhausted" in out.json["msg"]
     assert set(second.links()) == {"lo"}
-    assert len(reservation_files(world.data_dir)) == 2  # the first pod's address file and its index entry
+    assert len(reservation_files(world.data_dir)) == 1  # the first pod's
     assert run_vnfio(cni_env("DEL", "pod-b", second.path), conf).code == 0  # the runtime DELs a failed ADD
     assert run_vnfio(cni_env("DEL", "pod-a", first.path), {**conf, "prevResult": added.json}).code == 0
     assert_no_debris(world)

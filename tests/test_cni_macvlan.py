@@ -1,0 +1,193 @@
+"""Mode `macvlan` end to end. The kernel here has no dummy driver, so the master is one end of a veth pair whose
+other end sits in a "router" namespace holding the gateway address."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cni_helpers import (
+    Netns,
+    Scenario,
+    assert_no_debris,
+    cni_env,
+    ping,
+    random_subnet,
+    reservation_files,
+    run_vnfio,
+)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[Scenario]:
+    scenario = Scenario(tmp_path)
+    try:
+        yield scenario
+    finally:
+        scenario.close()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A master link in the host, wired to a router netns that answers on the gateway address."""
+
+    master: str
+    router: Netns
+    subnet: ipaddress.IPv4Network
+
+    @property
+    def gateway(self) -> str:
+        return str(self.subnet.network_address + 1)
+
+
+@pytest.fixture
+def segment(world: Scenario) -> Segment:
+    master, far_end = world.veth_pair("mvm")
+    router = world.netns()
+    subnet = random_subnet()
+    subprocess.run(["ip", "link", "set", far_end, "netns", router.name], check=True)
+    router.ip("addr", "add", f"{subnet.network_address + 1}/24", "dev", far_end)
+    router.ip("link", "set", far_end, "up")
+    return Segment(master=master, router=router, subnet=subnet)
+
+
+def _conf(world: Scenario, segment: Segment, **extra: Any) -> dict[str, Any]:
+    return {"cniVersion": "1.1.0", "name": "macvlan-test", "type": "vnfio", "mode": "macvlan",
+            "master": segment.master,
+            "ipam": world.host_local(str(segment.subnet), routes=[{"dst": "0.0.0.0/0"}]), **extra}
+
+
+def _ip(cidr: str) -> str:
+    return str(ipaddress.ip_interface(cidr).ip)
+
+
+def test_two_pods_reach_each_other_and_the_gateway(world: Scenario, segment: Segment) -> None:
+    conf = _conf(world, segment)
+    a, b = world.netns(), world.netns()
+    ra = run_vnfio(cni_env("ADD", "pod-a", a.path), conf)
+    rb = run_vnfio(cni_env("ADD", "pod-b", b.path), conf)
+    assert ra.code == 0, ra.out
+    assert rb.code == 0, rb.out
+    (iface,) = ra.json["interfaces"]
+    assert iface["name"] == "eth0" and iface["sandbox"] == a.path
+    assert ra.json["ips"][0]["interface"] == 0
+    assert ra.json["ips"][0]["gateway"] == segment.gateway
+    link = a.links()["eth0"]
+    assert link["linkinfo"]["info_kind"] == "macvlan"
+    assert link["linkinfo"]["info_data"]["mode"] == "bridge"
+    assert link["address"] == iface["mac"]
+    assert any(r["dst"] == "default" and r.get("gateway") == segment.gateway for r in a.routes("-4"))
+
+    assert ping(a, segment.gateway)
+    assert ping(a, _ip(rb.json["ips"][0]["address"]))
+
+    assert run_vnfio(cni_env("CHECK", "pod-a", a.path), {**conf, "prevResult": ra.json}).code == 0
+    for pod, ns, added in (("pod-a", a, ra), ("pod-b", b, rb)):
+        out = run_vnfio(cni_env("DEL", pod, ns.path), {**conf, "prevResult": added.json})
+        assert (out.code, out.out) == (0, "")
+        assert set(ns.links()) == {"lo"}
+    assert Path(f"/sys/class/net/{segment.master}").exists()
+    assert_no_debris(world)
+
+
+def test_private_mode_isolates_pods_from_each_other_but_not_from_the_gateway(world: Scenario,
+                                                                              segment: Segment) -> None:
+    conf = _conf(world, segment, macvlanMode="private")
+    a, b = world.netns(), world.netns()
+    ra = run_vnfio(cni_env("ADD", "pod-a", a.path), conf)
+    rb = run_vnfio(cni_env("ADD", "pod-b", b.path), conf)
+    assert ra.code == 0 and rb.code == 0, (ra.out, rb.out)
+    assert a.links()["eth0"]["linkinfo"]["info_data"]["mode"] == "private"
+    assert ping(a, segment.gateway)
+    assert not ping(a, _ip(rb.json["ips"][0]["address"]), attempts=1, timeout=0.5)
+    # CHECK compares the kernel's mode with the config's
+    out = run_vnfio(cni_env("CHECK", "pod-a", a.path), {**conf, "macvlanMode": "vepa", "prevResult": ra.json})
+    assert out.code != 0
+    assert "vepa" in out.json["msg"]
+    for pod, ns in (("pod-a", a), ("pod-b", b)):
+        assert run_vnfio(cni_env("DEL", pod, ns.path), conf).code == 0
+    assert_no_debris(world)
+
+
+def test_an_mtu_above_the_masters_is_refused(world: Scenario, segment: Segment) -> None:
+    conf = _conf(world, segment, mtu=9000)
+    ns = world.netns()
+    out = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert out.error_code == 7
+    assert "9000" in out.json["msg"]
+    assert set(ns.links()) == {"lo"}
+    assert_no_debris(world)
+
+
+def test_a_missing_master_is_named(world: Scenario, segment: Segment) -> None:
+    conf = _conf(world, segment, master=world.link_name("gone"))
+    ns = world.netns()
+    out = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert out.error_code == 7
+    assert conf["master"] in out.json["msg"]
+    assert set(ns.links()) == {"lo"}
+    assert_no_debris(world)
+
+
+def test_an_interface_name_already_taken_leaves_no_macvlan_and_no_reservation(world: Scenario,
+                                                                              segment: Segment) -> None:
+    conf = _conf(world, segment)
+    ns = world.netns()
+    ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "other0")
+    out = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert out.code != 0
+    assert "already exists" in out.json["msg"]
+    assert set(ns.links()) == {"lo", "eth0", "other0"}
+    assert_no_debris(world)
+
+
+def test_link_in_container_takes_the_default_route_link_of_the_pod(world: Scenario, segment: Segment) -> None:
+    """linkInContainer: the master lives in the pod netns; without `master` it is the pod's default route link."""
+    ns = world.netns()
+    ns.ip("link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1")
+    for end in ("uplink0", "uplink1", "lo"):
+        ns.ip("link", "set", end, "up")
+    ns.ip("addr", "add", "192.0.2.2/24", "dev", "uplink0")
+    ns.ip("route", "add", "default", "via", "192.0.2.1", "dev", "uplink0")
+    conf = _conf(world, segment, linkInContainer=True)
+    del conf["master"]
+    conf["ipam"] = world.host_local(str(segment.subnet))  # no default route: the pod has one already
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path, ifname="net1"), conf)
+    assert added.code == 0, added.out
+    links = ns.links()
+    assert links["net1"]["linkinfo"]["info_kind"] == "macvlan"
+    assert links["net1"]["link"] == "uplink0"
+    assert run_vnfio(cni_env("CHECK", "pod-a", ns.path, ifname="net1"), {**conf, "prevResult": added.json}).code == 0
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path, ifname="net1"), conf).code == 0
+    assert "net1" not in ns.links()
+    assert_no_debris(world)
+
+
+def test_a_route_the_pod_already_has_fails_the_add_and_rolls_back(world: Scenario, segment: Segment) -> None:
+    ns = world.netns()
+    ns.ip("link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1")
+    for end in ("uplink0", "uplink1"):
+        ns.ip("link", "set", end, "up")
+    ns.ip("addr", "add", "192.0.2.2/24", "dev", "uplink0")
+    ns.ip("route", "add", "default", "via", "192.0.2.1", "dev", "uplink0")
+    out = run_vnfio(cni_env("ADD", "pod-a", ns.path, ifname="net1"), _conf(world, segment))
+    assert out.code != 0
+    assert "0.0.0.0/0" in out.json["msg"]
+    assert set(ns.links()) == {"lo", "uplink0", "uplink1"}
+    assert_no_debris(world)
+
+
+def test_del_after_the_netns_is_gone_releases_the_address(world: Scenario, segment: Segment) -> None:
+    conf = _conf(world, segment)
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    assert reservation_files(world.data_dir)
+    ns.close()
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), {**conf, "prevResult": added.json}).code == 0
+    assert_no_debris(world)
