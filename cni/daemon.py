@@ -76,9 +76,12 @@ def _decode_env(blob: bytes) -> dict[str, str]:
     return env
 
 
-def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, int | None]:
-    """One request: (env, stdin, netns fd or None). The fd is the caller's to close."""
+def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, int | None] | None:
+    """One request: (env, stdin, netns fd or None); None if the peer hung up without a word (a liveness probe).
+    The fd is the caller's to close."""
     data, fds, flags, _ = socket.recv_fds(conn, 1 << 16, 1)
+    if not data and not fds:
+        return None
     netns_fd = fds[0] if fds else None
     try:
         for extra in fds[1:]:
@@ -249,10 +252,14 @@ class CniDaemon:
             return
         conn.settimeout(HANDSHAKE_TIMEOUT)
         try:
-            env, stdin, netns_fd = read_request(conn)
+            request = read_request(conn)
         except (OSError, ProtocolError) as exc:
             log.warning("bad request from pid %d: %s", pid, exc)
             return
+        if request is None:
+            log.debug("pid %d connected and left without a request", pid)
+            return
+        env, stdin, netns_fd = request
         command = env.get("CNI_COMMAND", "")
         target = f"{env.get('CNI_CONTAINERID', '')}/{env.get('CNI_IFNAME', '')}"
         try:

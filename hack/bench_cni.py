@@ -1,0 +1,481 @@
+#!/usr/bin/env python3
+"""Side-by-side CNI benchmark: vnfio (through the node daemon, and in-process) against Debian's Go reference plugins.
+
+Every figure is the wall time of one plugin exec, from Popen to exit, as a runtime sees it. Our exec path is the
+bundled host executable (`python -m cni.bundle`, run by the host's python3), as installed in /opt/cni/bin.
+Per mode, the reference and vnfio get identical subnets and options, each on its own bridge / master / dataDir:
+
+    bridge   reference `bridge` isGateway + host-local   vs  vnfio mode bridge isGateway + host-local
+    macvlan  reference `macvlan` mode bridge              vs  vnfio mode macvlan macvlanMode bridge
+             (master: one end of a veth pair made here; this kernel has no dummy links)
+    veth     reference `ptp` + host-local                 vs  vnfio mode veth + host-local
+
+Serial phases interleave the implementations pod by pod (pod i: reference, then vnfio), so machine noise hits
+both alike; the parallel phases (P workers) run one implementation after the other. Every result is verified
+(eth0 up with the result's address in each netns, no duplicate address; after DEL: only `lo` left, host veths
+gone, no IPAM reservation left). Everything made here is removed at the end, also on Ctrl-C or SIGTERM.
+
+    sudo .venv/bin/python hack/bench_cni.py                # N=500 pods, P=8 workers, all modes
+    sudo .venv/bin/python hack/bench_cni.py --quick        # smoke run: N=20, P=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE_DIR = Path("/usr/lib/cni")
+REFERENCE_PLUGIN = {"bridge": "bridge", "macvlan": "macvlan", "veth": "ptp"}
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+OPS = ("ADD", "CHECK", "DEL")
+
+
+class BenchError(Exception):
+    """A result failed verification, or the set-up could not be made."""
+
+
+# --- the machine: namespaces, links, cleanup ---------------------------------------------------------------------
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def ip_batch(lines: Sequence[str]) -> None:
+    if lines:
+        subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", text=True,
+                       capture_output=True, check=False)
+
+
+@dataclass
+class Machine:
+    """What this run made, removed by `cleanup()` (idempotent, best effort, never raises)."""
+
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    namespaces: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    dirs: list[Path] = field(default_factory=list)
+    daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def make_namespaces(self, count: int) -> list[str]:
+        names = [f"bench-{self.tag}-{len(self.namespaces) + i}" for i in range(count)]
+        self.namespaces += names
+        ip_batch([f"netns add {name}" for name in names])
+        missing = [name for name in names if not os.path.exists(f"/run/netns/{name}")]
+        if missing:
+            raise BenchError(f"could not create {len(missing)} namespaces, e.g. {missing[0]}")
+        return names
+
+    def link_name(self, kind: str) -> str:
+        name = f"b{kind[:3]}{self.tag}{len(self.links):02x}"[:15]
+        self.links.append(name)
+        return name
+
+    def veth_master(self) -> str:
+        """One end of an up veth pair: a macvlan master (needs a carrier)."""
+        a, b = self.link_name("mv"), self.link_name("mv")
+        ip("link", "add", a, "type", "veth", "peer", "name", b)
+        ip("link", "set", a, "up")
+        ip("link", "set", b, "up")
+        return a
+
+    def temp_dir(self, what: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"vnfio-bench-{what}-"))
+        self.dirs.append(path)
+        return path
+
+    def cleanup(self) -> None:
+        for proc in self.daemons:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        ip_batch([f"netns del {name}" for name in self.namespaces if os.path.exists(f"/run/netns/{name}")])
+        existing = {link["ifname"] for link in json.loads(ip("-j", "link", "show").stdout)}
+        ip_batch([f"link del {name}" for name in self.links if name in existing])
+        for path in self.dirs:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt, so `finally` clean-ups run for it as for Ctrl-C."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --- the implementations ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Impl:
+    """One way of running a CNI plugin: an argv, extra env, and a config builder."""
+
+    name: str
+    key: str  # for container IDs
+    argv: list[str]
+    env: dict[str, str]
+    conf: dict[str, Any]
+
+    def run(self, command: str, container_id: str, netns: str, prev: dict[str, Any] | None) -> tuple[float, int, str]:
+        conf = self.conf if prev is None else {**self.conf, "prevResult": prev}
+        env = {
+            "PATH": HOST_PATH,
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container_id,
+            "CNI_NETNS": f"/run/netns/{netns}",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": str(REFERENCE_DIR),
+            **self.env,
+        }
+        data = json.dumps(conf).encode()
+        started = time.perf_counter()
+        proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env)
+        out, err = proc.communicate(data)
+        elapsed = (time.perf_counter() - started) * 1e3
+        if proc.returncode != 0:
+            raise BenchError(f"{self.name} {command} {container_id}: exit {proc.returncode}: "
+                             f"{out.decode().strip()} {err.decode().strip()[-500:]}")
+        return elapsed, proc.returncode, out.decode()
+
+
+def make_conf(mode: str, ours: bool, name: str, subnet: ipaddress.IPv4Network, data_dir: Path,
+              machine: Machine) -> dict[str, Any]:
+    ipam: dict[str, Any] = {"type": "host-local", "subnet": str(subnet), "dataDir": str(data_dir)}
+    if mode != "macvlan":
+        ipam["routes"] = [{"dst": "0.0.0.0/0"}]
+    conf: dict[str, Any] = {"cniVersion": "1.0.0", "name": name, "ipam": ipam}
+    if ours:
+        conf.update(type="vnfio", mode=mode)
+    else:
+        conf["type"] = REFERENCE_PLUGIN[mode]
+    if mode == "bridge":
+        conf.update(bridge=machine.link_name("br"), isGateway=True)
+    elif mode == "macvlan":
+        conf["master"] = machine.veth_master()
+        conf["macvlanMode" if ours else "mode"] = "bridge"
+    return conf
+
+
+# --- verification -------------------------------------------------------------------------------------------------
+
+
+def verify_added(impl: Impl, namespaces: Sequence[str], results: dict[str, dict[str, Any]]) -> None:
+    seen: dict[str, str] = {}
+    for netns in namespaces:
+        result = results[netns]
+        address = result["ips"][0]["address"]
+        if address in seen:
+            raise BenchError(f"{impl.name}: {address} given to both {seen[address]} and {netns}")
+        seen[address] = netns
+        data = json.loads(ip("-n", netns, "-j", "addr", "show", "dev", "eth0").stdout)[0]
+        have = {f"{a['local']}/{a['prefixlen']}" for a in data.get("addr_info", [])}
+        if "UP" not in data["flags"] or address not in have:
+            raise BenchError(f"{impl.name}: {netns} eth0 flags {data['flags']}, addresses {have}, result {address}")
+
+
+def reservations(data_dir: Path) -> list[Path]:
+    found = []
+    for path in data_dir.rglob("*"):
+        if not path.is_file():
+            continue
+        try:
+            ipaddress.ip_address(path.name)
+            found.append(path)
+        except ValueError:
+            if path.parent.name == "by-key" and path.stat().st_size > 0:
+                found.append(path)
+    return found
+
+
+def verify_deleted(impl: Impl, namespaces: Sequence[str], results: dict[str, dict[str, Any]], data_dir: Path) -> None:
+    for netns in namespaces:
+        left = [link["ifname"] for link in json.loads(ip("-n", netns, "-j", "link", "show").stdout)]
+        if left != ["lo"]:
+            raise BenchError(f"{impl.name}: {netns} still has {left} after DEL")
+    host_veths = {
+        iface["name"] for result in results.values() for iface in result["interfaces"]
+        if not iface.get("sandbox") and iface["name"].startswith("veth")
+    }
+    existing = {link["ifname"] for link in json.loads(ip("-j", "link", "show").stdout)}
+    if host_veths & existing:
+        raise BenchError(f"{impl.name}: host veths left after DEL: {sorted(host_veths & existing)[:5]}")
+    left = reservations(data_dir)
+    if left:
+        raise BenchError(f"{impl.name}: {len(left)} IPAM reservations left after DEL, e.g. {left[0]}")
+
+
+# --- phases -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """Latencies (ms, in pod order) and wall time of one op for one implementation."""
+
+    latencies: list[float] = field(default_factory=list)
+    wall: float = 0.0
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def ops_per_s(self) -> float:
+        return len(self.latencies) / self.wall if self.wall else 0.0
+
+
+@dataclass
+class Run:
+    impl: Impl
+    data_dir: Path
+    namespaces: list[str]
+    serial: dict[str, Phase] = field(default_factory=lambda: {op: Phase() for op in OPS})
+    parallel: dict[str, Phase] = field(default_factory=lambda: {op: Phase() for op in OPS})
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _one(run: Run, op: str, index: int) -> float:
+    netns = run.namespaces[index]
+    prev = run.results.get(netns) if op != "ADD" else None
+    elapsed, _, out = run.impl.run(op, f"{run.impl.key}-{netns}", netns, prev)
+    if op == "ADD":
+        run.results[netns] = json.loads(out)
+    return elapsed
+
+
+def serial_interleaved(runs: Sequence[Run], count: int) -> None:
+    """Pod by pod, each implementation in turn, op by op; verify after ADD and after DEL."""
+    for op in OPS:
+        started = {id(run): 0.0 for run in runs}
+        for index in range(count):
+            for run in runs:
+                t0 = time.perf_counter()
+                run.serial[op].latencies.append(_one(run, op, index))
+                started[id(run)] += time.perf_counter() - t0
+        for run in runs:
+            run.serial[op].wall = started[id(run)]
+            if op == "ADD":
+                verify_added(run.impl, run.namespaces[:count], run.results)
+            if op == "DEL":
+                verify_deleted(run.impl, run.namespaces[:count], run.results, run.data_dir)
+
+
+def parallel(run: Run, count: int, workers: int) -> None:
+    run.results.clear()
+    with ThreadPoolExecutor(workers) as pool:
+        for op in OPS:
+            started = time.perf_counter()
+            run.parallel[op].latencies = list(pool.map(lambda i, op=op: _one(run, op, i), range(count)))
+            run.parallel[op].wall = time.perf_counter() - started
+            if op == "ADD":
+                verify_added(run.impl, run.namespaces[:count], run.results)
+    verify_deleted(run.impl, run.namespaces[:count], run.results, run.data_dir)
+
+
+# --- reporting ----------------------------------------------------------------------------------------------------
+
+
+def fmt_phase(label: str, op: str, phase: Phase) -> str:
+    if not phase.latencies:
+        return ""
+    return (f"  {label:<22} {op:<6} {phase.pct(0.5):7.1f} {phase.pct(0.9):7.1f} {phase.pct(0.99):7.1f} "
+            f"{max(phase.latencies):7.1f} {phase.ops_per_s:8.1f}")
+
+
+def growth(phase: Phase, window: int = 50) -> float | None:
+    lat = phase.latencies
+    if len(lat) < 2 * window:
+        return None
+    return statistics.median(lat[-window:]) / statistics.median(lat[:window])
+
+
+def floor(argv: list[str], count: int = 30) -> float:
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env={"PATH": HOST_PATH}, check=False)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def start_daemon(machine: Machine, workers: int) -> Path:
+    sock = machine.temp_dir("sock") / "cni.sock"
+    daemon = Path(sys.executable).parent / "vnfio-cni-daemon"
+    argv = [str(daemon)] if daemon.exists() else [sys.executable, "-c", "from cni.daemon import main; main()"]
+    proc = subprocess.Popen([*argv, "--socket", str(sock), "--workers", str(workers), "--log-level", "WARNING"])
+    machine.daemons.append(proc)
+    deadline = time.monotonic() + 60
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(sock))
+                return sock
+            except OSError:
+                pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchError("the daemon did not start")
+        time.sleep(0.05)
+
+
+def pick_subnet(used: set[int]) -> ipaddress.IPv4Network:
+    while True:
+        second = random.randint(100, 250)
+        if second not in used:
+            used.add(second)
+            return ipaddress.ip_network(f"10.{second}.0.0/16")
+
+
+def build_bundle(machine: Machine, python: str) -> Path:
+    sys.path.insert(0, str(REPO))
+    from cni import bundle
+
+    return bundle.write(machine.temp_dir("bin") / "vnfio", python=python)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", "--pods", type=int, default=500, help="pods per mode and implementation (default 500)")
+    parser.add_argument("-p", "--workers", type=int, default=8, help="parallel workers (default 8)")
+    parser.add_argument("--modes", default="bridge,macvlan,veth", help="comma-separated (default: all three)")
+    parser.add_argument("--in-process-pods", type=int, default=20,
+                        help="pods for the in-process (no daemon) figures, serial only (default 20; 0 skips)")
+    parser.add_argument("--no-parallel", action="store_true", help="skip the P-worker phases")
+    parser.add_argument("--daemon-workers", type=int, default=8, help="vnfio-cni-daemon --workers (default 8)")
+    host_python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    parser.add_argument("--python", default=host_python,
+                        help="the host python3 the bundled executable runs with (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 pods, 4 workers, 5 in-process pods")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.pods, args.workers, args.in_process_pods = 20, 4, 5
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(REFERENCE_PLUGIN)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(REFERENCE_PLUGIN)}")
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces)")
+    have_reference = all((REFERENCE_DIR / REFERENCE_PLUGIN[m]).exists() for m in modes) and \
+        (REFERENCE_DIR / "host-local").exists()
+    if not have_reference:
+        print(f"note: reference plugins missing under {REFERENCE_DIR} (apt-get install containernetworking-plugins); "
+              "vnfio only", file=sys.stderr)
+
+    machine = Machine()
+    lines: list[str] = []
+    try:
+        with interruptible():
+            bundle_path = build_bundle(machine, args.python)
+            sock = start_daemon(machine, args.daemon_workers)
+            lines.append(f"vnfio CNI benchmark: N={args.pods} pods per mode, P={args.workers} workers, "
+                         f"{os.cpu_count()} CPUs, kernel {os.uname().release}, bundle #!{args.python}")
+            floors = [f"/bin/true {floor(['/bin/true']):.2f}",
+                      f"{args.python} -I -S -c pass {floor([args.python, '-I', '-S', '-c', 'pass']):.2f}"]
+            if have_reference:
+                floors.append(f"Go plugin start (no command) {floor([str(REFERENCE_DIR / 'bridge')]):.2f}")
+            lines.append("exec floors, p50 ms: " + ", ".join(floors))
+            namespaces = machine.make_namespaces(2 * args.pods)
+            used: set[int] = set()
+            for mode in modes:
+                runs = []
+                if have_reference:
+                    data_dir = machine.temp_dir("ipam")
+                    conf = make_conf(mode, False, f"ref-{mode}-{machine.tag}", pick_subnet(used), data_dir, machine)
+                    plugin = REFERENCE_PLUGIN[mode]
+                    ref = Impl(f"reference {plugin}", "ref", [str(REFERENCE_DIR / plugin)], {}, conf)
+                    runs.append(Run(ref, data_dir, namespaces[: args.pods]))
+                data_dir = machine.temp_dir("ipam")
+                conf = make_conf(mode, True, f"ours-{mode}-{machine.tag}", pick_subnet(used), data_dir, machine)
+                ours = Impl("vnfio via daemon", "ours", [str(bundle_path)], {"VNFIO_CNI_SOCKET": str(sock)}, conf)
+                runs.append(Run(ours, data_dir, namespaces[args.pods :]))
+                print(f"[{mode}] serial, {args.pods} pods ...", file=sys.stderr, flush=True)
+                serial_interleaved(runs, args.pods)
+                if not args.no_parallel:
+                    for run in runs:
+                        print(f"[{mode}] {args.workers} workers: {run.impl.name} ...", file=sys.stderr, flush=True)
+                        parallel(run, args.pods, args.workers)
+                inproc = None
+                if args.in_process_pods:
+                    data_dir = machine.temp_dir("ipam")
+                    conf = make_conf(mode, True, f"inp-{mode}-{machine.tag}", pick_subnet(used), data_dir, machine)
+                    impl = Impl("vnfio in-process", "inproc", [str(bundle_path)],
+                                {"VNFIO_CNI_SOCKET": str(sock.with_name("absent.sock"))}, conf)
+                    inproc = Run(impl, data_dir, namespaces[: args.in_process_pods])
+                    print(f"[{mode}] in-process, {args.in_process_pods} pods ...", file=sys.stderr, flush=True)
+                    serial_interleaved([inproc], args.in_process_pods)
+                lines += report(mode, runs, inproc, args)
+    except BenchError as exc:
+        print("\n".join(lines), flush=True)
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\n".join(lines), flush=True)
+        print("interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        machine.cleanup()
+    print("\n".join(line for line in lines if line), flush=True)
+    return 0
+
+
+def report(mode: str, runs: list[Run], inproc: Run | None, args: argparse.Namespace) -> list[str]:
+    out = ["", f"== {mode} ==  (ms; ops/s = pods / phase wall time)",
+           f"  {'implementation':<22} {'op':<6} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} {'ops/s':>8}"]
+    for run in runs:
+        for op in OPS:
+            out.append(fmt_phase(run.impl.name, op, run.serial[op]))
+    if inproc is not None:
+        for op in OPS:
+            out.append(fmt_phase(inproc.impl.name, op, inproc.serial[op]))
+    if not args.no_parallel:
+        for run in runs:
+            for op in OPS:
+                out.append(fmt_phase(f"{run.impl.name} P={args.workers}", op, run.parallel[op]))
+    for run in runs:
+        g = growth(run.serial["ADD"])
+        if g is not None:
+            out.append(f"  growth {run.impl.name}: ADD p50 of pods {args.pods - 49}-{args.pods} / 1-50 = x{g:.2f}")
+    if len(runs) == 2:
+        ref, ours = runs
+        ratio = [f"serial {op} p50 {ours.serial[op].pct(0.5) / ref.serial[op].pct(0.5):.2f}" for op in OPS]
+        if not args.no_parallel:
+            ratio += [f"P={args.workers} {op} ops/s {ours.parallel[op].ops_per_s / ref.parallel[op].ops_per_s:.2f}"
+                      for op in ("ADD", "DEL")]
+        out.append("  ours/reference: " + ", ".join(ratio))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
