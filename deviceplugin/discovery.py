@@ -24,7 +24,7 @@ def discover(sysfs_root: Path, dev_root: Path) -> Inventory:
     """Everything under `sysfs_root` / `dev_root` a pool could use, plus a problem line for each thing skipped."""
     sysfs_root, dev_root = Path(sysfs_root), Path(dev_root)
     problems: list[str] = []
-    noiommu = noiommu_mode(sysfs_root)
+    noiommu = noiommu_mode(sysfs_root, problems)
     groups = discover_groups(sysfs_root, dev_root, noiommu, problems)
     containers = tuple(_checked(c, c.name, groups, problems) for c in discover_containers(sysfs_root, problems))
     pci = tuple(_checked(f, f.address, groups, problems) for f in discover_pci(sysfs_root, problems))

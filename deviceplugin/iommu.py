@@ -17,10 +17,12 @@ def is_vfio_driver(driver: str | None) -> bool:
     return driver is not None and (driver.startswith("vfio") or driver.endswith("vfio_pci"))
 
 
-def noiommu_mode(sysfs_root: Path) -> bool:
+def noiommu_mode(sysfs_root: Path, problems: list[str]) -> bool:
+    """Whether vfio runs with `enable_unsafe_noiommu_mode` (group nodes are then named noiommu-N)."""
     try:
         value = read_value(sysfs_root / "module/vfio/parameters/enable_unsafe_noiommu_mode")
-    except SysfsError:
+    except SysfsError as exc:
+        problems.append(f"{exc}; assuming IOMMU mode")
         return False
     return value in ("Y", "y", "1")
 

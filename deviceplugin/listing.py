@@ -6,6 +6,7 @@ touching kubelet.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -42,11 +43,17 @@ def _run(config: Path, sysfs_root: Path, dev_root: Path, output: str, *, sample:
     inventory = discover(sysfs_root, dev_root)
     built = build_pools(result.pools, inventory)
     report = _report(source, sysfs_root, dev_root, sample, result, inventory, built)
-    if output == "json":
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        _print_table(report, sys.stdout)
+    try:
+        if output == "json":
+            json.dump(report, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            _print_table(report, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `list | head`: the reader left. Point stdout at /dev/null so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     if not result.pools:
         print(f"vnfio-device-plugin list: {source}: no valid pool (see the problems above)", file=sys.stderr)
         return 1
@@ -70,23 +77,24 @@ def _report(
         "devRoot": str(dev_root),
         "sampleBoard": sample,
         "noiommu": inventory.noiommu,
-        "pools": [_pool(pool) for pool in built.pools.values()],
+        "pools": [_pool(pool, inventory) for pool in built.pools.values()],
         "configProblems": [{"pool": p.pool, "key": p.key, "reason": p.reason, "message": str(p)} for p in problems],
         "discoveryProblems": list(inventory.problems),
     }
 
 
-def _pool(pool: ResourcePool) -> dict[str, Any]:
+def _pool(pool: ResourcePool, inventory: Inventory) -> dict[str, Any]:
+    objects = {c.name: dict(c.object_counts) for c in inventory.containers}
     return {
         "resourceName": pool.resource_name,
         "deviceType": pool.device_type.value,
         "socket": pool.socket_name,
-        "devices": [_device(d) for d in pool.devices],
+        "devices": [_device(d, objects.get(d.container or "")) for d in pool.devices],
         "excluded": [{"id": device, "reason": reason} for device, reason in pool.excluded],
     }
 
 
-def _device(dev: PoolDevice) -> dict[str, Any]:
+def _device(dev: PoolDevice, objects: dict[str, int] | None) -> dict[str, Any]:
     return {
         "id": dev.id,
         "health": dev.health,
@@ -94,6 +102,7 @@ def _device(dev: PoolDevice) -> dict[str, Any]:
         "numaNode": dev.numa_node,
         "pciAddresses": list(dev.pci_addresses),
         "container": dev.container,
+        "objects": objects,  # DPAA2: the container's objects by type, as DPDK will find them
         "pfs": list(dev.pfs),
         "nodes": [
             {"hostPath": n.host_path, "containerPath": n.container_path, "permissions": n.permissions}
@@ -119,13 +128,13 @@ def _print_table(report: dict[str, Any], out: TextIO) -> None:
                 d["health"],
                 ",".join(map(str, d["iommuGroups"])) or "-",
                 "-" if d["numaNode"] is None else str(d["numaNode"]),
-                ",".join(d["pciAddresses"]) or d["container"] or "-",
+                ",".join(d["pciAddresses"]) or _objects(d["objects"]),
                 d["whyUnhealthy"] or "",
             ]
             for d in devices
         ]
         if rows:
-            _write_rows(["ID", "HEALTH", "GROUP", "NUMA", "DEVICES", "WHY UNHEALTHY"], rows, out)
+            _write_rows(["ID", "HEALTH", "GROUP", "NUMA", "CONTENTS", "WHY UNHEALTHY"], rows, out)
         else:
             out.write("  (no devices)\n")
         if pool["excluded"]:
@@ -140,6 +149,10 @@ def _print_table(report: dict[str, Any], out: TextIO) -> None:
         if lines:
             out.write(f"\n{title}:\n")
             out.writelines(f"  {line}\n" for line in lines)
+
+
+def _objects(counts: dict[str, int] | None) -> str:
+    return " ".join(f"{kind}:{n}" for kind, n in sorted(counts.items())) if counts else "-"
 
 
 def _write_rows(header: list[str], rows: list[list[str]], out: TextIO) -> None:

@@ -35,7 +35,10 @@ def test_table_shows_pools_devices_and_reasons(
     lines = out.splitlines()
     assert "nxp.com/dpaa2_dprc  (fslmc, 2 devices, 2 healthy)" in lines
     assert "intel.com/intel_vf  (pci, 3 devices, 3 healthy)" in lines
-    assert any(line.split() == ["dprc.2", "Healthy", "10", "-", "dprc.2"] for line in lines)
+    assert any(
+        line.split() == ["dprc.2", "Healthy", "10", "-", "dpbp:1", "dpcon:1", "dpio:2", "dpmcp:1", "dpni:1"]
+        for line in lines
+    )
     assert any(line.split() == ["iommu-group-22", "Healthy", "22", "-", "0001:01:00.3,0001:01:00.4"] for line in lines)
     assert any(line.split()[:1] == ["dprc.1"] and "root container" in line for line in lines)
     assert any(line.split()[:1] == ["dprc.4"] and "needs driver vfio-fsl-mc" in line for line in lines)
@@ -61,6 +64,7 @@ def test_json_has_the_same_inventory(board: SampleBoard, tmp_path: Path, capsys:
         "numaNode": None,
         "pciAddresses": ["0001:01:00.3", "0001:01:00.4"],
         "container": None,
+        "objects": None,
         "pfs": ["0001:01:00.0"],
         "nodes": [
             {"hostPath": str(board.dev / "vfio/vfio"), "containerPath": "/dev/vfio/vfio", "permissions": "rw"},
@@ -69,6 +73,8 @@ def test_json_has_the_same_inventory(board: SampleBoard, tmp_path: Path, capsys:
         "whyUnhealthy": None,
     }
     assert pools["nxp.com/dpaa2_dprc"]["socket"] == "vnfio-dpaa2_dprc.sock"
+    dprc3 = pools["nxp.com/dpaa2_dprc"]["devices"][1]
+    assert (dprc3["container"], dprc3["objects"]["dpseci"], dprc3["objects"]["dpio"]) == ("dprc.3", 1, 2)
     assert {e["id"] for e in pools["nxp.com/dpaa2_dprc"]["excluded"]} == {"dprc.1", "dprc.4"}
     assert (report["configProblems"], report["discoveryProblems"], report["noiommu"]) == ([], [], False)
 
