@@ -15,8 +15,10 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,7 +28,9 @@ import yaml
 from kubernetes_validate.utils import latest_version, validate
 
 from cni.install import build_parser as install_parser
+from deviceplugin.sampleboard import SampleBoard
 from tests.conftest import REPO
+from tests.kubelet_stub import KubeletStub, temporary_plugin_dir
 
 MANIFESTS = REPO / "manifests"
 BASE = MANIFESTS / "base"
@@ -569,3 +573,59 @@ def test_cni_daemon_serves_with_only_the_manifest_capabilities(
         subprocess.run(["ip", "netns", "del", netns], capture_output=True)
         for name in (f"{link}b", f"{link}m"):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
+# ============================================================================ the device plugin, confined as deployed
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_device_plugin_serves_kubelet_as_root_without_capabilities_on_a_read_only_root(
+    overlay: dict[tuple[str, str, str], dict[str, Any]], board: SampleBoard
+) -> None:
+    """The DaemonSet's container: uid 0 with every capability dropped, the root filesystem (and with it the board's
+    /sys and /dev) read-only, only the plugin dir writable. It must register, list and allocate all the same."""
+    if not (shutil.which("unshare") and shutil.which("setpriv")):
+        pytest.skip("needs util-linux unshare and setpriv")
+    container = _container(overlay, "vnfio-device-plugin", "device-plugin")
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    config = board.root / "config.json"
+    config.write_text(overlay["ConfigMap", "vnfio-system", "vnfio-device-plugin-config"]["data"]["config.json"])
+    port = _free_port()
+    local = {"--config": config, "--sysfs-root": board.sys, "--dev-root": board.dev, "--metrics-port": port}
+    with temporary_plugin_dir("confined") as plugin_dir, KubeletStub(plugin_dir) as kubelet:
+        args = [f"{flag}={local.get(flag, value)}" for flag, value in _flags(container["args"]).items()]
+        args = [a.replace(f"={_flags(container['args'])['--plugin-dir']}", f"={plugin_dir}") for a in args]
+        script = (
+            f"mount --bind {plugin_dir} {plugin_dir} && mount -o remount,bind,ro / && "
+            f"exec setpriv --bounding-set -all --inh-caps -all "
+            f"{Path(sys.executable).parent / 'vnfio-device-plugin'} {' '.join(args)}"
+        )
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+        plugin = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            for resource in ("nxp.com/dpaa2_dprc", "intel.com/intel_vf"):
+                kubelet.wait_registered(resource, timeout=60)
+                kubelet.wait_for(resource, lambda devices: bool(devices), timeout=30)
+            status = Path(f"/proc/{plugin.pid}/status").read_text()
+            assert re.search(r"CapEff:\s*0+\n", status), status
+            assert re.search(r"Uid:\s*0\s", status)
+            response = kubelet.allocate("nxp.com/dpaa2_dprc", ["dprc.2"])
+            assert response.envs["DPRC"] == "dprc.2"
+            assert {d.container_path for d in response.devices} == {"/dev/vfio/vfio", "/dev/vfio/10"}
+            for path in ("/healthz", "/readyz"):  # what the probes ask
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+                    assert answer.status == 200
+        finally:
+            plugin.terminate()
+            output = plugin.communicate(timeout=30)[0]
+        assert plugin.returncode == 0, output
+        assert not [p for p in plugin_dir.iterdir() if p.name.startswith("vnfio-")], "sockets left behind"
