@@ -108,6 +108,8 @@ def _run_on_host(argv: list[str], host_root: Path, how: str, interpreter: str) -
         raise InstallError(f"the host cannot run it ({how}): {exc}") from exc
     except subprocess.TimeoutExpired as exc:
         raise InstallError(f"the host cannot run it ({how}): no answer within {CHECK_TIMEOUT:.0f} s") from exc
+    except subprocess.SubprocessError as exc:  # what a failed chroot in the child turns into
+        raise InstallError(f"cannot enter the host root {host_root} to check it (chroot needs CAP_SYS_CHROOT)") from exc
     stderr = done.stderr.decode(errors="replace").strip()[-2000:]
     if done.returncode != 0:
         raise InstallError(f"the host cannot run it ({how}): exit status {done.returncode}: {stderr or '(no output)'}")

@@ -220,26 +220,46 @@ def test_host_root_without_python_fails_the_check_inside_it(tmp_path: Path) -> N
     assert os.listdir(host / "opt/cni/bin") == []
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
-def test_host_root_mounted_elsewhere_is_checked_chrooted(tmp_path: Path) -> None:
-    """The DaemonSet layout: the host's / bind-mounted at a path of ours (in a private mount namespace)."""
-    host_python = _host_python()
+def _confined_install(tmp_path: Path, bounding: str, host_python: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The init container's view: the host's / read-only at `host`, only the CNI bin dir writable on top of it,
+    our own root read-only too, and root holding only the capabilities in `bounding`."""
     bundle = _zipapp(tmp_path, "app", f"{host_python} -I", _VERSION_MAIN)
     host = tmp_path / "host"
     host.mkdir()
     bin_dir = tmp_path / "opt-cni-bin"
     bin_dir.mkdir()
     script = (
-        f"mount --rbind / {host} && exec {sys.executable} -m cni.install --bundle {bundle} "
-        f"--host-root {host} --cni-bin-dir {bin_dir} --host-python {host_python}"
+        f"mount --rbind / {host} && mount -o remount,bind,ro {host} && mount --bind {bin_dir} {host}{bin_dir} && "
+        f"mount -o remount,bind,ro / && exec setpriv --bounding-set {bounding} --inh-caps -all "
+        f"{sys.executable} -m cni.install --bundle {bundle} --host-root {host} --cni-bin-dir {bin_dir} "
+        f"--host-python {host_python}"
     )
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
         capture_output=True,
         text=True,
         cwd=REPO,
+        env={**_HOST_ENV, "PYTHONDONTWRITEBYTECODE": "1"},
         check=False,
     )
+    assert os.listdir(host) == []  # the mounts died with their namespace
+    return done, bin_dir
+
+
+_NEEDS = pytest.mark.skipif(not (shutil.which("unshare") and shutil.which("setpriv")), reason="needs util-linux")
+
+
+@_NEEDS
+def test_host_root_mounted_elsewhere_is_checked_chrooted_with_only_sys_chroot(tmp_path: Path) -> None:
+    """The DaemonSet layout, and the one capability its init container adds."""
+    done, bin_dir = _confined_install(tmp_path, "-all,+sys_chroot", _host_python())
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(bin_dir)) == ["vnfio"]
-    assert os.listdir(host) == []  # the bind mount died with its namespace
+
+
+@_NEEDS
+def test_without_sys_chroot_the_check_fails_clearly_and_installs_nothing(tmp_path: Path) -> None:
+    done, bin_dir = _confined_install(tmp_path, "-all", _host_python())
+    assert done.returncode == 1
+    assert "chroot needs CAP_SYS_CHROOT" in done.stderr and "Traceback" not in done.stderr
+    assert os.listdir(bin_dir) == []
