@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -492,7 +493,7 @@ def confined_daemon(
         for _ in range(600):  # readiness, not a timing claim: pyroute2 warms up first
             if socket_path.exists() or daemon.poll() is not None:
                 break
-            subprocess.run(["sleep", "0.05"], check=True)
+            time.sleep(0.05)
         assert socket_path.exists(), (tmp_path / "daemon.log").read_text()
         status = Path(f"/proc/{daemon.pid}/status").read_text()
         effective = int(re.search(r"CapEff:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
@@ -594,10 +595,11 @@ def test_device_plugin_serves_kubelet_as_root_without_capabilities_on_a_read_onl
     config = board.root / "config.json"
     config.write_text(overlay["ConfigMap", "vnfio-system", "vnfio-device-plugin-config"]["data"]["config.json"])
     port = _free_port()
-    local = {"--config": config, "--sysfs-root": board.sys, "--dev-root": board.dev, "--metrics-port": port}
     with temporary_plugin_dir("confined") as plugin_dir, KubeletStub(plugin_dir) as kubelet:
+        # The manifest's flags, with its host paths pointed at the board and the stand-in kubelet's dir.
+        local = {"--config": config, "--sysfs-root": board.sys, "--dev-root": board.dev, "--metrics-port": port}
+        local["--plugin-dir"] = plugin_dir
         args = [f"{flag}={local.get(flag, value)}" for flag, value in _flags(container["args"]).items()]
-        args = [a.replace(f"={_flags(container['args'])['--plugin-dir']}", f"={plugin_dir}") for a in args]
         script = (
             f"mount --bind {plugin_dir} {plugin_dir} && mount -o remount,bind,ro / && "
             f"exec setpriv --bounding-set -all --inh-caps -all "
