@@ -52,9 +52,12 @@ def link_index(ipr: IPRoute, name: str) -> int | None:
 
 
 def link_state(ipr: IPRoute, index: int) -> LinkState:
-    msg = ipr.get_links(index)[0]
+    return _state(ipr.get_links(index)[0])
+
+
+def _state(msg: Any) -> LinkState:
     return LinkState(
-        index=index,
+        index=msg["index"],
         name=msg.get("IFLA_IFNAME"),
         mac=msg.get("IFLA_ADDRESS") or "",
         mtu=msg.get("IFLA_MTU") or 0,
@@ -63,6 +66,17 @@ def link_state(ipr: IPRoute, index: int) -> LinkState:
         operstate=msg.get("IFLA_OPERSTATE") or "",
         promisc=bool(msg["flags"] & 0x100),
     )
+
+
+def link_state_by_name(ipr: IPRoute, name: str) -> LinkState | None:
+    """The link's state in one request (RTM_GETLINK by name), or None if there is no such link."""
+    try:
+        msg = ipr.link("get", ifname=name)[0]
+    except Exception as exc:
+        if _netlink_errno(exc) == errno.ENODEV:
+            return None
+        raise
+    return _state(msg)
 
 
 def macvlan_mode(ipr: IPRoute, index: int) -> str:
@@ -140,6 +154,9 @@ def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filter
         index = link_index(host, name)
         if index is None:
             raise CniError(INTERNAL, f"bridge {name!r} vanished right after creation")
+        # Pin the bridge MAC to itself: otherwise it follows the lowest port MAC and changes as pods come and go
+        # (plugins#60); the reference does the same.
+        host.link("set", index=index, address=link_state(host, index).mac)
     state = link_state(host, index)
     if state.kind != "bridge":
         raise CniError(INTERNAL, f"{name!r} already exists but is a {state.kind or 'plain'} link, not a bridge")

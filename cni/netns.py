@@ -107,7 +107,7 @@ def netlink_in(fd: int) -> IPRoute:
 
     sock_fd = run_in_netns(fd, make)
     try:
-        return IPRoute(fileno=sock_fd)
+        return IPRoute(fileno=sock_fd, groups=0)
     except BaseException:
         os.close(sock_fd)
         raise
@@ -117,7 +117,7 @@ def host_netlink() -> IPRoute:
     """An `IPRoute` in the namespace the plugin runs in (the host)."""
     from pyroute2 import IPRoute
 
-    return IPRoute()
+    return IPRoute(groups=0)
 
 
 def write_sysctl(path: str, value: str, missing_ok: bool = False) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from cni.errors import INTERNAL, CniError
 from cni.links import (
+    LinkState,
     add_address,
     attach_port,
     configure_iface,
@@ -21,6 +22,7 @@ from cni.links import (
     ensure_bridge,
     link_index,
     link_state,
+    link_state_by_name,
     setup_veth,
     wait_oper_up,
 )
@@ -56,14 +58,14 @@ def cmd_add(call: Call) -> Result:
         bridge = ensure_bridge(host, opts.bridge, conf.mtu, opts.promisc_mode, vlan_filtering=bool(opts.vlan))
         host_name = setup_veth(host, call.netns_fd, req.ifname, conf.mtu, conf.mac)
         try:
-            host_port = link_index(host, host_name)
-            pod_link = link_index(pod, req.ifname)
+            host_port = link_state_by_name(host, host_name)
+            pod_link = link_state_by_name(pod, req.ifname)
             if host_port is None or pod_link is None:
                 raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
-            attach_port(host, host_port, bridge.index, opts.hairpin_mode, opts.vlan)
+            attach_port(host, host_port.index, bridge.index, opts.hairpin_mode, opts.vlan)
             ipam = ipam_add(call)
             try:
-                return _configure(call, host, pod, bridge.index, host_port, pod_link, ipam)
+                return _configure(call, host, pod, bridge.index, host_port.index, pod_link, ipam)
             except BaseException:
                 ipam_release_quietly(call)
                 raise
@@ -72,7 +74,7 @@ def cmd_add(call: Call) -> Result:
             raise
 
 
-def _configure(call: Call, host: IPRoute, pod: IPRoute, bridge: int, host_port: int, pod_link: int,
+def _configure(call: Call, host: IPRoute, pod: IPRoute, bridge: int, host_port: int, pod_state: LinkState,
                ipam: Result) -> Result:
     req, opts = call.req, call.conf.bridge
     if opts.is_gateway:
@@ -91,17 +93,15 @@ def _configure(call: Call, host: IPRoute, pod: IPRoute, bridge: int, host_port: 
     fams = families(ipam)
     run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams))
     # The reference bridge turns DAD off in the pod (accept_dad=0); NODAD on each address does the same per address.
-    configure_iface(pod, pod_link, ipam.ips, ipam.routes, nodad=True)
+    configure_iface(pod, pod_state.index, ipam.ips, ipam.routes, nodad=True)
     if opts.is_gateway and ipam.ips:
         for ip in ipam.ips:
             _ensure_gateway_address(host, bridge, ip, opts.force_address)
-        # Pin the bridge MAC: otherwise it follows the lowest port MAC and changes as pods come and go (#60).
-        host.link("set", index=bridge, address=link_state(host, bridge).mac)
         enable_forwarding(fams)
     host_state = wait_oper_up(host, host_port)
-    # Re-read both MACs now that the port is in: the kernel may have changed them (#805).
+    # Re-read the bridge now that the port is in: the kernel may have changed its MAC (#805); the host veth was
+    # re-read by the wait above.
     bridge_state = link_state(host, bridge)
-    pod_state = link_state(pod, pod_link)
     interfaces = [
         Interface(name=bridge_state.name, mac=bridge_state.mac, mtu=bridge_state.mtu),
         Interface(name=host_state.name, mac=host_state.mac, mtu=host_state.mtu),

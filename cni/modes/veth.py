@@ -18,7 +18,7 @@ from cni.links import (
     del_link_by_name,
     del_link_quietly,
     link_index,
-    link_state,
+    link_state_by_name,
     setup_veth,
 )
 from cni.modes import (
@@ -70,10 +70,11 @@ def cmd_add(call: Call) -> Result:
 
 def _wire(call: Call, host: IPRoute, pod: IPRoute, host_name: str, ipam: Result, fams: set[int]) -> Result:
     req = call.req
-    pod_link = link_index(pod, req.ifname)
-    host_link = link_index(host, host_name)
-    if pod_link is None or host_link is None:
+    pod_state = link_state_by_name(pod, req.ifname)
+    host_state = link_state_by_name(host, host_name)
+    if pod_state is None or host_state is None:
         raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
+    pod_link, host_link = pod_state.index, host_state.index
     run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams))
     for ip in ipam.ips:
         # No connected subnet route: every destination, the subnet included, goes through the gateway.
@@ -94,8 +95,6 @@ def _wire(call: Call, host: IPRoute, pod: IPRoute, host_name: str, ipam: Result,
         host_bits = pod_ip.max_prefixlen
         add_address(host, host_link, f"{ip.gateway}/{host_bits}", nodad=True)
         add_route(host, host_link, f"{pod_ip.ip}/{host_bits}", scope=SCOPE_LINK)
-    host_state = link_state(host, host_link)
-    pod_state = link_state(pod, pod_link)
     interfaces = [
         Interface(name=host_name, mac=host_state.mac, mtu=host_state.mtu),
         Interface(name=req.ifname, mac=pod_state.mac, sandbox=req.netns, mtu=pod_state.mtu),
