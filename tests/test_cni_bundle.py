@@ -146,6 +146,14 @@ def test_the_forwarding_path_imports_nothing_heavy(executable: Path, world: Scen
     assert heavy == set()
 
 
+def test_an_interpreter_of_another_version_runs_the_source(tmp_path: Path, world: Scenario) -> None:
+    """The client's bytecode is only for the builder's Python; any other compiles the embedded source."""
+    other = bundle.write(tmp_path / "vnfio", python=sys.executable, cache_tag="cpython-0")
+    out = run([str(other)], {"CNI_COMMAND": "VERSION"}, {"cniVersion": "0.4.0"})
+    assert (out.code, out.json["cniVersion"]) == (0, "0.4.0")
+    _scenario(world, [str(other)], None, mode="veth")
+
+
 def test_builds_are_reproducible() -> None:
     assert bundle.build(sys.executable) == bundle.build(sys.executable)  # no timestamps, a stable file order
 
