@@ -1,10 +1,12 @@
 """The device plugin daemon: config → discovery → pools → one gRPC server per pool, registered with kubelet
-and kept true to the node by rescans, until SIGTERM.
+and kept true to the node until SIGTERM.
 
 `Daemon` owns the running state and offers one method per thing that can happen to it (a rescan, a new
-config, a pool to start, stop or serve anew, a kubelet to register with again), so event sources — the
-rescan timer here, and uevents, kubelet-restart and config watches — only decide *when* to call them.
-A failure in one pool is logged and costs that pool only.
+config, a pool to start, stop or serve anew, a kubelet to register with again); the event sources only
+decide *when* to call them: kernel uevents and the rescan timer (rescan), the kubelet watch (serve anew,
+register again), the config watch (reload). Metrics and node labels/events observe what happens.
+A failure in one pool is logged and costs that pool only; metrics, uevents and the Kubernetes API are
+never fatal.
 """
 
 from __future__ import annotations
@@ -12,21 +14,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 import tempfile
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from deviceplugin.config import SAMPLE_CONFIG, ConfigError, ConfigResult, PoolConfig, load_config, parse_config
+from deviceplugin.configwatch import DEFAULT_POLL_INTERVAL as CONFIG_POLL_INTERVAL
+from deviceplugin.configwatch import ConfigWatch
 from deviceplugin.discovery import discover
+from deviceplugin.kubeletwatch import DEFAULT_POLL_INTERVAL as KUBELET_POLL_INTERVAL
+from deviceplugin.kubeletwatch import FileIdentity, KubeletWatch, file_identity
+from deviceplugin.metrics import MetricsEndpoint, PluginMetrics, serve_metrics
+from deviceplugin.nodeinfo import NodeReporter
 from deviceplugin.pools import build_pools
 from deviceplugin.records import ResourcePool
-from deviceplugin.registration import RegistrationError, register
-from deviceplugin.server import PluginServer, RpcObserver
+from deviceplugin.registration import RegistrationError, kubelet_socket, register
+from deviceplugin.server import PluginServer, RpcEvent, RpcObserver
 from deviceplugin.settings import DaemonSettings
+from deviceplugin.uevents import Uevent, UeventListener, open_uevent_socket
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +44,8 @@ log = logging.getLogger(__name__)
 # kubelet that comes back finds every pool registered again soon after.
 REGISTER_BACKOFF_FIRST = 0.1
 REGISTER_BACKOFF_MAX = 2.0
+HEARTBEAT_INTERVAL = 1.0  # the loop proves it is alive to /healthz this often
+REPORTER_FLUSH = 2.0  # at shutdown, give queued node events this long to reach the API server
 
 
 class Daemon:
@@ -45,10 +57,31 @@ class Daemon:
         *,
         sample_config: bool = False,
         rpc_observer: RpcObserver | None = None,
+        metrics: PluginMetrics | None = None,
+        node_reporter: NodeReporter | None = None,
+        uevent_socket: Callable[[], socket.socket] = open_uevent_socket,
+        kubelet_poll: float = KUBELET_POLL_INTERVAL,
+        config_poll: float = CONFIG_POLL_INTERVAL,
     ) -> None:
+        """`metrics`, `node_reporter` and `uevent_socket` default to the real ones built from `settings`;
+        tests and benchmarks pass their own (a registry to read, an API server stand-in, a socket to inject
+        events into)."""
         self.settings = settings
         self._sample_config = sample_config  # no config file: use the built-in sample (sample board only)
         self.rpc_observer = rpc_observer
+        self.metrics = metrics if metrics is not None else PluginMetrics()
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self.node_reporter = node_reporter
+        self._uevent_socket = uevent_socket
+        self._config_poll = config_poll
+        self.kubelet_watch = KubeletWatch(
+            settings.plugin_dir,
+            on_kubelet_restart=self._on_kubelet_restart,
+            on_socket_removed=self._on_socket_removed,
+            interval=kubelet_poll,
+        )
+        self._registered_with: dict[str, FileIdentity | None] = {}  # the kubelet.sock each pool registered at
+        self._kubelet_changed = asyncio.Event()  # replaced on every kubelet restart: wakes registration retries
         self.configs: tuple[PoolConfig, ...] = ()
         self.pools: dict[str, ResourcePool] = {}  # the last build, by full resource name
         self.servers: dict[str, PluginServer] = {}  # pools being served
@@ -62,25 +95,65 @@ class Daemon:
 
     # ------------------------------------------------------------------------------------- lifecycle
     async def run(self) -> int:
-        """Load the config, serve and register every valid pool, rescan periodically until `stop()`; 0 on a
-        clean stop, 1 when the config file is unusable at start."""
+        """Load the config, serve and register every valid pool, and keep them true to the node (uevents,
+        rescans, kubelet restarts, config changes) until `stop()`; 0 on a clean stop, 1 when the config file
+        is unusable at start or the metrics port cannot be bound."""
+        config_watch = self._config_watch()
+        if config_watch is not None:
+            config_watch.baseline()  # before reading: a change in between is then seen as a change
         try:
             result = self.load_config()
         except ConfigError as exc:
             log.error("%s", exc)
             return 1
+        self.metrics.config_loaded(True)
+        if self.settings.metrics_port:
+            try:
+                self.metrics_endpoint = serve_metrics(
+                    self.metrics, self.settings.metrics_host, self.settings.metrics_port
+                )
+            except OSError as exc:
+                log.error(
+                    "cannot serve metrics on %s:%d: %s",
+                    self.settings.metrics_host,
+                    self.settings.metrics_port,
+                    exc.strerror or exc,
+                )
+                return 1
         log.info(
             "device plugin starting: sysfs %s, dev %s, plugin dir %s",
             self.settings.sysfs_root,
             self.settings.dev_root,
             self.settings.plugin_dir,
         )
+        if self.node_reporter is None and self.settings.node_name:
+            self.node_reporter = NodeReporter(self.settings.node_name)
+        if self.node_reporter is not None:
+            self.spawn(self.node_reporter.run(), "node labels and events")
+        if self.settings.uevents:
+            listener = UeventListener(self._on_uevents, open_socket=self._uevent_socket)
+            self.spawn(listener.run(), "uevent listener")
+        self.spawn(self._heartbeat(), "heartbeat")
         await self.apply_config(result, reason="start")
+        # Watch kubelet only once our sockets exist, so the first look sees them.
+        self.spawn(self.kubelet_watch.run(), "kubelet watch")
+        if config_watch is not None:
+            self.spawn(config_watch.run(), "config watch")
         if self.settings.rescan_interval > 0:
             self.spawn(self._rescan_periodically(), "periodic rescan")
         await self._stopping.wait()
         await self._shutdown()
         return 0
+
+    def _config_watch(self) -> ConfigWatch | None:
+        if self._sample_config and not self.settings.config.exists():
+            return None  # the built-in sample: nothing on disk to follow
+        return ConfigWatch(self.settings.config, self.reload_config, interval=self._config_poll)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.metrics.heartbeat()
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     def stop(self) -> None:
         """Ask `run()` to end (signal handlers call this): streams end, sockets go, run() returns 0."""
@@ -104,13 +177,21 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         log.info("stopping: ending streams and removing sockets")
-        tasks = [*self._tasks, *self._registering.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._registering.clear()
+        if self.node_reporter is not None and self.node_reporter.pending():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.node_reporter.wait_idle(), REPORTER_FLUSH)
+        # Under the lock, so no watcher is cancelled half way through serving a pool anew (which could leave
+        # a started server, and its socket, that nobody stops).
         async with self._lock:
+            tasks = [*self._tasks, *self._registering.values()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._registering.clear()
             await asyncio.gather(*(self._stop_pool(resource) for resource in list(self.servers)))
+        if self.metrics_endpoint is not None:
+            await asyncio.to_thread(self.metrics_endpoint.close)
+            self.metrics_endpoint = None
         log.info("stopped")
 
     # ---------------------------------------------------------------------------------------- config
@@ -122,6 +203,35 @@ class Daemon:
             log.info("no config at %s: using the built-in sample config", path)
             return parse_config(SAMPLE_CONFIG)
         return load_config(path)
+
+    async def reload_config(self, path: Path) -> bool:
+        """Apply a changed config file (the config watch calls this with the file the path resolves to now).
+
+        A reload is all or nothing: a file that cannot be read or parsed, or in which any pool has a problem,
+        is rejected with every reason logged, and the running pools keep serving as they are. (At start the
+        valid pools of a partly bad file still run: the daemon has nothing else to serve then.)
+        """
+        try:
+            result = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            log.error("new config rejected, the running pools stay: %s", exc)
+            self.metrics.config_loaded(False)
+            return False
+        if result.problems:
+            for problem in result.problems:
+                log.error("new config: %s", problem, extra={"pool": problem.pool, "key": problem.key})
+            log.error(
+                "new config %s rejected (%d problems), the running pools stay: %s",
+                path,
+                len(result.problems),
+                ", ".join(sorted(self.pools)) or "none",
+            )
+            self.metrics.config_loaded(False)
+            return False
+        log.info("config reloaded from %s: pools %s", path, ", ".join(p.resource_name for p in result.pools) or "none")
+        await self.apply_config(result, reason="config")
+        self.metrics.config_loaded(True)
+        return True
 
     async def apply_config(self, result: ConfigResult, reason: str = "config") -> None:
         """Serve the pools of a (validated) config: new pools start, dropped pools stop, others rescan."""
@@ -142,16 +252,19 @@ class Daemon:
         async with self._lock:
             if self.stopping:
                 return
-            try:
-                # sysfs reads block; off the loop they cannot delay an Allocate.
-                inventory = await asyncio.to_thread(discover, self.settings.sysfs_root, self.settings.dev_root)
-                built = build_pools(self.configs, inventory, previous=self.pools)
-            except Exception:
-                log.exception("rescan (%s) failed; the pools stay as they were", reason)
-                return
-            self._report([*inventory.problems, *(str(p) for p in built.problems)])
-            log.debug("rescan (%s): %d pools", reason, len(built.pools))
-            await self._reconcile(built.pools)
+            with self.metrics.time_rescan(reason):
+                try:
+                    # sysfs reads block; off the loop they cannot delay an Allocate.
+                    inventory = await asyncio.to_thread(discover, self.settings.sysfs_root, self.settings.dev_root)
+                    built = build_pools(self.configs, inventory, previous=self.pools)
+                except Exception:
+                    log.exception("rescan (%s) failed; the pools stay as they were", reason)
+                    return
+                self._report([*inventory.problems, *(str(p) for p in built.problems)])
+                log.debug("rescan (%s): %d pools", reason, len(built.pools))
+                await self._reconcile(built.pools)
+            if self.node_reporter is not None:
+                self.node_reporter.report(self.pools.values())
 
     def _report(self, problems: list[str]) -> None:
         """Log discovery and pool problems when they change, not on every rescan."""
@@ -167,6 +280,10 @@ class Daemon:
         for resource in [r for r in self.servers if r not in pools]:
             log.info("pool %s is no longer configured", resource, extra={"resource": resource})
             await self._stop_pool(resource)
+        for resource in [r for r in self.pools if r not in pools]:
+            self.metrics.forget_pool(resource)
+        for pool in pools.values():
+            self.metrics.set_pool(pool)
         for resource, pool in pools.items():
             server = self.servers.get(resource)
             if server is None:
@@ -183,6 +300,31 @@ class Daemon:
         while True:
             await asyncio.sleep(self.settings.rescan_interval)
             await self.rescan("timer")
+
+    async def _on_uevents(self, events: tuple[Uevent, ...]) -> None:
+        # The listener already folded a burst (unbind, bind, the group node's add) into this one call.
+        log.debug("rescanning after %d uevent(s)", len(events), extra={"devpaths": [e.devpath for e in events]})
+        await self.rescan("uevent")
+
+    # ----------------------------------------------------------------------------------------- kubelet
+    async def _on_socket_removed(self, name: str) -> None:
+        """Our socket is gone (kubelet deletes them all when it starts): serve that pool anew and register."""
+        async with self._lock:
+            if self.stopping:
+                return
+            server = next((s for s in self.servers.values() if s.pool.socket_name == name), None)
+            if server is None or server.socket_present():
+                return  # stopped meanwhile, or a rescan already served it anew
+            resource = server.resource_name
+            log.info("socket %s was deleted: serving %s anew", name, resource, extra={"resource": resource})
+            await self._restart_pool(resource, self.pools.get(resource, server.pool))
+
+    async def _on_kubelet_restart(self) -> None:
+        """A new kubelet.sock: kubelet restarted and forgot every plugin. Register each pool with it."""
+        self.metrics.kubelet_restarted()
+        changed, self._kubelet_changed = self._kubelet_changed, asyncio.Event()
+        changed.set()  # registrations waiting out a backoff try again now
+        await self.reregister_all()
 
     # ----------------------------------------------------------------------------------------- pools
     async def start_pool(self, pool: ResourcePool) -> bool:
@@ -204,13 +346,21 @@ class Daemon:
             return await self._restart_pool(resource, pool)
 
     async def reregister_all(self) -> None:
-        """Register every served pool again (kubelet restarted); pools whose socket is gone are served anew."""
+        """Register every served pool with the kubelet now listening (it restarted); pools whose socket is gone
+        are served anew. Pools already registered with this kubelet, or still trying, are left alone: a
+        second Register would only make kubelet drop and redial a working endpoint."""
         async with self._lock:
+            if self.stopping:
+                return
+            current = file_identity(kubelet_socket(self.settings.plugin_dir))
             for resource, server in list(self.servers.items()):
-                if server.socket_present():
+                if not server.socket_present():
+                    await self._restart_pool(resource, self.pools.get(resource, server.pool))
+                elif resource in self._registering:
+                    continue
+                elif resource not in self.registered or self._registered_with.get(resource) != current:
+                    self.metrics.unregistered(resource)
                     self._register_in_background(resource)
-                else:
-                    await self._restart_pool(resource, server.pool)
 
     def resource_for_socket(self, socket_name: str) -> str | None:
         """The served pool whose socket file is `socket_name` (what a socket watch reports)."""
@@ -219,7 +369,7 @@ class Daemon:
     async def _start_pool(self, pool: ResourcePool) -> bool:
         resource = pool.resource_name
         clash = next((s for s in self.servers.values() if s.pool.socket_name == pool.socket_name), None)
-        server = PluginServer(pool, self.settings.plugin_dir, observer=self.rpc_observer)
+        server = PluginServer(pool, self.settings.plugin_dir, observer=self._observe_rpc)
         try:
             if clash is not None:
                 raise OSError(f"socket {pool.socket_name} is already served for {clash.resource_name}")
@@ -232,6 +382,7 @@ class Daemon:
             return False
         self._start_failures.pop(resource, None)
         self.servers[resource] = server
+        self.kubelet_watch.watch(pool.socket_name)
         log.info("pool %s: %s", resource, _summary(pool), extra={"resource": resource})
         self._register_in_background(resource)
         return True
@@ -239,9 +390,12 @@ class Daemon:
     async def _stop_pool(self, resource: str) -> None:
         self._cancel_registration(resource)
         self.registered.discard(resource)
+        self._registered_with.pop(resource, None)
         server = self.servers.pop(resource, None)
         if server is None:
             return
+        self.kubelet_watch.unwatch(server.pool.socket_name)  # our own removal is not a kubelet restart
+        self.metrics.unregistered(resource)
         try:
             await server.stop()
         except Exception:
@@ -265,15 +419,22 @@ class Daemon:
             task.cancel()
 
     async def _register_until_done(self, resource: str) -> None:
-        """Register with kubelet, retrying with backoff while it is absent or refuses; never gives up."""
+        """Register with kubelet, retrying with backoff while it is absent or refuses; never gives up.
+
+        A kubelet that restarts while our Register is under way may have taken it and then forgotten it,
+        so success counts only when kubelet.sock is the same file before and after the call. A kubelet
+        restart cuts a backoff short (the kubelet watch wakes us), so a returning kubelet is not kept waiting.
+        """
         delay = REGISTER_BACKOFF_FIRST
         last_error = None
         attempts = 0
+        sock = kubelet_socket(self.settings.plugin_dir)
         while True:
             server = self.servers.get(resource)
             if server is None:
                 return
             attempts += 1
+            kubelet = file_identity(sock)
             try:
                 await register(self.settings.plugin_dir, server.pool, server.options)
             except RegistrationError as exc:
@@ -282,15 +443,31 @@ class Daemon:
                 log.exception("registering %s failed unexpectedly", resource, extra={"resource": resource})
                 error = repr(exc)
             else:
-                self.registered.add(resource)
-                if self._registering.get(resource) is asyncio.current_task():
-                    del self._registering[resource]
-                return
+                if file_identity(sock) == kubelet:
+                    self.registered.add(resource)
+                    self._registered_with[resource] = kubelet
+                    self.metrics.registration_succeeded(resource)
+                    if self._registering.get(resource) is asyncio.current_task():
+                        del self._registering[resource]
+                    return
+                error = "kubelet restarted while we registered"
+                delay = REGISTER_BACKOFF_FIRST
+            self.metrics.registration_failed(resource)
             if error != last_error:
                 log.warning("%s; retrying", error, extra={"resource": resource, "attempt": attempts})
                 last_error = error
-            await asyncio.sleep(delay)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._kubelet_changed.wait(), delay)
             delay = min(delay * 2, REGISTER_BACKOFF_MAX)
+
+    # ------------------------------------------------------------------------------------------- RPCs
+    def _observe_rpc(self, event: RpcEvent) -> None:
+        if event.method == "Allocate":
+            self.metrics.observe_allocate(event.resource, event.seconds, event.status, len(event.device_ids))
+        elif event.method == "GetPreferredAllocation":
+            self.metrics.observe_preferred_allocation(event.resource, event.seconds)
+        if self.rpc_observer is not None:
+            self.rpc_observer(event)
 
 
 def _summary(pool: ResourcePool) -> str:

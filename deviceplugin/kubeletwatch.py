@@ -68,7 +68,7 @@ class KubeletWatch:
         self._on_socket_removed = on_socket_removed
         self._interval = interval
         self._kubelet: FileIdentity | None = None
-        self._ours: dict[str, FileIdentity] = {}
+        self._ours: dict[str, FileIdentity | None] = {}
         self._started = False
 
     @property
@@ -80,13 +80,9 @@ class KubeletWatch:
         return self._kubelet is not None
 
     def watch(self, name: str) -> None:
-        """Start watching our socket `name` as it is now (call right after serving it)."""
-        identity = file_identity(self.plugin_dir / name)
-        if identity is None:
-            log.warning("cannot watch socket %s: it does not exist", name)
-            self._ours.pop(name, None)
-            return
-        self._ours[name] = identity
+        """Start watching our socket `name` as it is now (call right after serving it). A socket already gone
+        (kubelet deleted it between our bind and this call) is reported as removed at the next check."""
+        self._ours[name] = file_identity(self.plugin_dir / name)
 
     def unwatch(self, name: str) -> None:
         """Stop watching `name` (we remove it ourselves: a pool went away or the daemon stops)."""
@@ -108,7 +104,7 @@ class KubeletWatch:
         first, self._started = not self._started, True
         removed = []
         for name, identity in list(self._ours.items()):
-            if file_identity(self.plugin_dir / name) != identity:
+            if identity is None or file_identity(self.plugin_dir / name) != identity:
                 del self._ours[name]
                 removed.append(name)
         for name in removed:

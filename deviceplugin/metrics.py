@@ -78,6 +78,9 @@ class PluginMetrics:
             buckets=_RESCAN_BUCKETS,
             registry=r,
         )
+        self.config_reloads = Counter(
+            "vnfio_config_reloads", "Config loads and reloads, by result (success|failure)", ["result"], registry=r
+        )
         self.config_reload_ok = Gauge(
             "vnfio_config_last_reload_successful", "1 when the last config (re)load was applied", registry=r
         )
@@ -154,6 +157,7 @@ class PluginMetrics:
             self.rescan_seconds.labels(reason).observe(time.perf_counter() - started)
 
     def config_loaded(self, ok: bool, when: float | None = None) -> None:
+        self.config_reloads.labels("success" if ok else "failure").inc()
         self.config_reload_ok.set(1 if ok else 0)
         if ok:
             self.config_reload_time.set(time.time() if when is None else when)

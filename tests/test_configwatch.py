@@ -27,10 +27,14 @@ class ConfigMapVolume:
         return self.root / "config.json"
 
     def publish(self, content: dict) -> Path:
+        return self.publish_text(json.dumps(content))
+
+    def publish_text(self, text: str) -> Path:
+        """Write a new version with this content and swap `..data` to it, as kubelet does on an update."""
         self.generation += 1
         new_dir = self.root / f"..2026_11_25_01_00_{self.generation:02d}.{os.getpid()}"
         new_dir.mkdir()
-        (new_dir / "config.json").write_text(json.dumps(content))
+        (new_dir / "config.json").write_text(text)
         old = os.readlink(self.root / "..data") if (self.root / "..data").is_symlink() else None
         os.symlink(new_dir.name, self.root / "..data_tmp")
         os.rename(self.root / "..data_tmp", self.root / "..data")

@@ -148,6 +148,16 @@ def test_replaced_own_socket_counts_as_removed(plugin_dir: Path) -> None:
     assert rec.removed == ["vnfio-a.sock"]
 
 
+def test_socket_gone_before_watch_counts_as_removed(plugin_dir: Path) -> None:
+    """Kubelet may delete our socket between our bind and our watch(): that must still be noticed."""
+    rec = Recorder()
+    watch = _watch(plugin_dir, rec)
+    watch.watch("vnfio-a.sock")
+    asyncio.run(watch.check())
+    asyncio.run(watch.check())
+    assert rec.removed == ["vnfio-a.sock"]
+
+
 def test_unwatched_socket_removal_is_silent(plugin_dir: Path) -> None:
     rec = Recorder()
     ours = _serve(plugin_dir / "vnfio-a.sock")

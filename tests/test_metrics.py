@@ -113,6 +113,8 @@ def test_registrations_rescans_and_config(metrics: PluginMetrics, endpoint: Metr
     assert samples[("vnfio_rescan_duration_seconds_count", (("reason", "timer"),))] == 1
     # A failed reload says so, and the timestamp still tells when the running config was applied.
     assert samples[("vnfio_config_last_reload_successful", ())] == 0
+    assert samples[("vnfio_config_reloads_total", (("result", "success"),))] == 1
+    assert samples[("vnfio_config_reloads_total", (("result", "failure"),))] == 1
     assert samples[("vnfio_config_last_reload_success_timestamp_seconds", ())] == 1_764_000_000.0
 
 
