@@ -175,39 +175,51 @@ def install(
     bin_dir = _under_root(host_root, cni_bin_dir)
     if not bin_dir.is_dir():
         raise InstallError(f"CNI bin dir {cni_bin_dir} does not exist (looked at {bin_dir})")
-    conf_data = conf_dir = None
+    conf: tuple[bytes, Path, Path] | None = None  # (contents, dir seen from here, host path of the file)
     if conflist is not None:
         if cni_conf_dir is None:
             raise InstallError("--conflist needs --cni-conf-dir")
-        conf_data = _read_conflist(conflist)
         conf_dir = _under_root(host_root, cni_conf_dir)
         if not conf_dir.is_dir():
             raise InstallError(f"CNI config dir {cni_conf_dir} does not exist (looked at {conf_dir})")
+        conf = (_read_conflist(conflist), conf_dir, cni_conf_dir / conflist.name)
 
-    temp = _write_temp(bin_dir, payload, 0o755, prefix=f".{name}-")
+    target = cni_bin_dir / name
+    try:
+        temp = _write_temp(bin_dir, payload, 0o755, prefix=f".{name}-")
+    except OSError as exc:
+        raise InstallError(f"not installing {target}: cannot write to {cni_bin_dir}: {exc.strerror}") from exc
     try:
         checks = _check_on_host(cni_bin_dir / temp.name, host_root, host_python, _shebang(temp))
-        final = bin_dir / name
-        _rename_into_place(temp, final)
-    except BaseException as exc:
+        _rename_into_place(temp, bin_dir / name)
+    except InstallError as exc:
         temp.unlink(missing_ok=True)
-        if isinstance(exc, InstallError):
-            raise InstallError(f"not installing {cni_bin_dir / name}: {exc}") from exc
+        raise InstallError(f"not installing {target}: {exc}") from exc
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise InstallError(f"not installing {target}: {exc}") from exc
+    except BaseException:
+        temp.unlink(missing_ok=True)
         raise
-    logger.info("installed %s", cni_bin_dir / name)
+    logger.info("installed %s", target)
 
     installed_conf = None
-    if conf_data is not None and conf_dir is not None and conflist is not None and cni_conf_dir is not None:
+    if conf is not None:
         # Only after the executable is in place: a runtime that sees the conflist must find the plugin.
-        conf_temp = _write_temp(conf_dir, conf_data, 0o644, prefix=f".{conflist.name}-")
+        data, conf_dir, installed_conf = conf
         try:
-            _rename_into_place(conf_temp, conf_dir / conflist.name)
-        except BaseException:
+            conf_temp = _write_temp(conf_dir, data, 0o644, prefix=f".{installed_conf.name}-")
+        except OSError as exc:
+            raise InstallError(f"not installing {installed_conf}: {exc.strerror}") from exc
+        try:
+            _rename_into_place(conf_temp, conf_dir / installed_conf.name)
+        except BaseException as exc:
             conf_temp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise InstallError(f"not installing {installed_conf}: {exc}") from exc
             raise
-        installed_conf = cni_conf_dir / conflist.name
         logger.info("installed %s", installed_conf)
-    return Installed(executable=cni_bin_dir / name, checks=tuple(checks), conflist=installed_conf)
+    return Installed(executable=target, checks=tuple(checks), conflist=installed_conf)
 
 
 def _optional_path(value: str) -> Path | None:

@@ -263,3 +263,22 @@ def test_without_sys_chroot_the_check_fails_clearly_and_installs_nothing(tmp_pat
     assert done.returncode == 1
     assert "chroot needs CAP_SYS_CHROOT" in done.stderr and "Traceback" not in done.stderr
     assert os.listdir(bin_dir) == []
+
+
+@_NEEDS
+def test_read_only_bin_dir_is_a_clear_error(tmp_path: Path, bin_dir: Path) -> None:
+    bundle = _zipapp(tmp_path, "app", f"{_host_python()} -I", _VERSION_MAIN)
+    script = (
+        f"mount --bind {bin_dir} {bin_dir} && mount -o remount,bind,ro {bin_dir} && "
+        f"exec {sys.executable} -m cni.install --bundle {bundle} --cni-bin-dir {bin_dir}"
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"cannot write to {bin_dir}: Read-only file system" in done.stderr and "Traceback" not in done.stderr
+    assert os.listdir(bin_dir) == []
