@@ -7,7 +7,9 @@ are handled as integers so that walking a /16 or a /64 costs no object churn.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -177,6 +179,23 @@ def parse_range_set(raw: object, where: str) -> RangeSet:
 
 
 def parse_range_sets(ipam: Mapping[str, Any], runtime_ranges: object = None) -> tuple[RangeSet, ...]:
+    """`_parse_range_sets`, memoised on the JSON of its input: the node daemon sees the same config on every
+    call, and parsing a range costs more than the whole reservation."""
+    try:
+        key = json.dumps([{k: ipam.get(k) for k in (*_RANGE_KEYS, "ranges")}, runtime_ranges or None],
+                         sort_keys=True)
+    except (TypeError, ValueError):
+        return _parse_range_sets(ipam, runtime_ranges)
+    return _parse_range_sets_json(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_range_sets_json(key: str) -> tuple[RangeSet, ...]:
+    ipam, runtime_ranges = json.loads(key)
+    return _parse_range_sets(ipam, runtime_ranges)
+
+
+def _parse_range_sets(ipam: Mapping[str, Any], runtime_ranges: object = None) -> tuple[RangeSet, ...]:
     """All range sets of a host-local `ipam` section: runtimeConfig.ipRanges, legacy `subnet`, then `ranges`.
 
     The order is the reference's (capability ranges first, then the legacy single range, then `ranges`), so
