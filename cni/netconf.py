@@ -51,6 +51,7 @@ class NetConf:
     raw: Mapping[str, Any]
     mtu: int = 0
     mac: str = ""
+    ip_masq: bool = False
     ipam: Mapping[str, Any] | None = None
     dns: DNS = field(default_factory=DNS)
     prev_result: Result | None = None
@@ -151,8 +152,12 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
         raise CniError(INVALID_CONFIG, f"mode: missing, expected one of {', '.join(MODES)}")
     if mode not in MODES:
         raise CniError(UNSUPPORTED_FIELD, f"mode: {mode!r} is not one of {', '.join(MODES)}")
-    if _bool(raw, "ipMasq"):
-        raise CniError(UNSUPPORTED_FIELD, "ipMasq: true is not supported by vnfio (no masquerade backend)")
+    ip_masq = _bool(raw, "ipMasq")
+    if ip_masq and mode == "macvlan":
+        raise CniError(UNSUPPORTED_FIELD, "ipMasq: true is not supported in mode macvlan (as in the reference)")
+    backend = raw.get("ipMasqBackend", "nftables")
+    if backend not in ("nftables", None):
+        raise CniError(UNSUPPORTED_FIELD, f"ipMasqBackend: {backend!r} is not supported, vnfio uses nftables")
     runtime = raw.get("runtimeConfig") or {}
     if not isinstance(runtime, Mapping):
         raise CniError(INVALID_CONFIG, f"runtimeConfig: expected an object, got {runtime!r}")
@@ -187,6 +192,7 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
         raw=raw,
         mtu=mtu,
         mac=mac,
+        ip_masq=ip_masq,
         ipam=ipam,
         dns=dns,
         prev_result=prev_result,

@@ -130,10 +130,23 @@ def _valid_attachments(conf: Any) -> list[tuple[str, str]]:
 
 
 def _gc(req: Any, conf: Any) -> None:
-    """GC: links die with their netns, so only IPAM reservations can outlive an attachment."""
+    """GC: links die with their netns, so only IPAM reservations and masquerade rules can outlive an attachment."""
+    from cni import ipmasq
     from cni.modes import Call, ipam_gc
 
-    ipam_gc(Call(req=req, conf=conf, netns_fd=None), _valid_attachments(conf))
+    valid = _valid_attachments(conf)
+    errors = []
+    # Continue past errors and report them all, as the spec asks of GC.
+    for step in (lambda: ipam_gc(Call(req=req, conf=conf, netns_fd=None), valid),
+                 lambda: ipmasq.gc(conf.name, valid)):
+        try:
+            step()
+        except CniError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise CniError(errors[0].code, "; ".join(e.msg for e in errors))
 
 
 def _status(req: Any, conf: Any) -> None:

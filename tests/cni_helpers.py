@@ -143,7 +143,10 @@ def _ping_once(target: str, timeout: float) -> bool:
         reply_type, offset = 129, 0
     with sock:
         sock.settimeout(timeout)
-        sock.sendto(packet, (target, 0))
+        try:
+            sock.sendto(packet, (target, 0))
+        except OSError:  # no route, for instance: unreachable
+            return False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -264,3 +264,53 @@ def test_chaining_consumes_and_produces_prev_result(world: Scenario) -> None:
     assert run_vnfio(cni_env("DEL", "pod-c", ns.path), {**first, "prevResult": final}).code == 0
     assert set(ns.links()) == {"lo"}
     assert_no_debris(world)
+
+
+def _masquerade_rules() -> list[str]:
+    out = subprocess.run(["nft", "-j", "list", "chain", "inet", "vnfio_masquerade", "postrouting"],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return []
+    return [item["rule"].get("comment", "") for item in json.loads(out.stdout)["nftables"] if "rule" in item]
+
+
+@pytest.mark.skipif(subprocess.run(["which", "nft"], capture_output=True).returncode != 0, reason="no nft command")
+def test_ip_masq_lets_a_pod_reach_a_host_that_has_no_route_back(world: Scenario) -> None:
+    # a "remote" namespace behind the host, on a link of its own, with no route to the pod subnets
+    host_end, remote_end = world.veth_pair("rm")
+    remote = world.netns()
+    outside = random_subnet()
+    subprocess.run(["ip", "link", "set", remote_end, "netns", remote.name], check=True)
+    subprocess.run(["ip", "addr", "add", f"{outside.network_address + 1}/24", "dev", host_end], check=True)
+    remote.ip("addr", "add", f"{outside.network_address + 2}/24", "dev", remote_end)
+    remote.ip("link", "set", remote_end, "up")
+    target = str(outside.network_address + 2)
+
+    network = f"masq-{world.tag}"
+    conf = {**_conf(world, world.link_name("br"), str(random_subnet()), isDefaultGateway=True, ipMasq=True),
+            "name": network}
+    plain = {**_conf(world, world.link_name("br"), str(random_subnet()), isDefaultGateway=True),
+             "name": f"plain-{world.tag}"}
+    masked, unmasked, gone = world.netns(), world.netns(), world.netns()
+    assert run_vnfio(cni_env("ADD", "masked", masked.path), conf).code == 0
+    assert run_vnfio(cni_env("ADD", "unmasked", unmasked.path), plain).code == 0
+    assert run_vnfio(cni_env("ADD", "gone", gone.path), conf).code == 0
+    key = f"vnfio:{network}:masked:eth0"
+    assert key in _masquerade_rules()
+
+    assert ping(masked, target)
+    assert not ping(unmasked, target, attempts=1, timeout=0.5)
+
+    # GC drops the rules (and reservation) of an attachment that is no longer valid
+    gc = run_vnfio(cni_env("GC", ifname=""), {**conf, "cni.dev/valid-attachments": [
+        {"containerID": "masked", "ifname": "eth0"}]})
+    assert (gc.code, gc.out) == (0, "")
+    assert f"vnfio:{network}:gone:eth0" not in _masquerade_rules()
+    assert key in _masquerade_rules()
+    # DEL removes them even when the netns, and with it the pod's addresses, is already gone
+    masked.close()
+    assert run_vnfio(cni_env("DEL", "masked", masked.path), conf).code == 0
+    assert not [rule for rule in _masquerade_rules() if rule.startswith(f"vnfio:{network}:")]
+    assert run_vnfio(cni_env("DEL", "unmasked", unmasked.path), plain).code == 0
+    assert run_vnfio(cni_env("DEL", "gone", gone.path), conf).code == 0
+    assert_no_debris(world)

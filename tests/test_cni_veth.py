@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,4 +205,23 @@ def test_the_executable_wires_a_pod_like_the_in_process_path(world: Scenario) ->
     out = run_vnfio(cni_env("DEL", "pod-a", ns.path), {**conf, "prevResult": added.json}, in_process=False)
     assert (out.code, out.out) == (0, "")
     assert set(ns.links()) == {"lo"}
+    assert_no_debris(world)
+
+
+def test_ip_masq_rules_follow_the_attachment(world: Scenario) -> None:
+    if shutil.which("nft") is None:
+        pytest.skip("no nft command")
+    network = f"vmasq-{world.tag}"
+    conf = {**_conf(world, str(random_subnet()), ipMasq=True), "name": network}
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    rules = subprocess.run(["nft", "list", "chain", "inet", "vnfio_masquerade", "postrouting"], capture_output=True,
+                           text=True, check=True).stdout
+    pod_ip = _ip(added.json["ips"][0]["address"])
+    assert f'ip saddr {pod_ip}' in rules and f'comment "vnfio:{network}:pod-a:eth0"' in rules
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
+    rules = subprocess.run(["nft", "list", "chain", "inet", "vnfio_masquerade", "postrouting"], capture_output=True,
+                           text=True, check=True).stdout
+    assert f"vnfio:{network}:" not in rules
     assert_no_debris(world)

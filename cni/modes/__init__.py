@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from cni.errors import INTERNAL, INVALID_CONFIG, CniError
 from cni.netconf import NetConf
 from cni.request import CniRequest
-from cni.result import Interface, Result, parse_result
+from cni.result import Interface, IPConfig, Result, parse_result
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -99,6 +99,31 @@ def ipam_status(call: Call) -> None:
         from cni.ipam import ipam_status as status
 
         status(_ipam_request(call))
+
+
+# --- ipMasq (veth and bridge, as in the reference) -------------------------------------------------------------
+
+
+def masquerade_add(call: Call, ips: tuple[IPConfig, ...]) -> None:
+    if call.conf.ip_masq and ips:
+        from cni import ipmasq
+
+        ipmasq.setup(call.conf.name, call.req.container_id, call.req.ifname, ips)
+
+
+def masquerade_del(call: Call) -> None:
+    """Remove the attachment's masquerade rules by key: works with the netns and its addresses already gone."""
+    if call.conf.ip_masq:
+        from cni import ipmasq
+
+        ipmasq.teardown(call.conf.name, call.req.container_id, call.req.ifname)
+
+
+def masquerade_del_quietly(call: Call) -> None:
+    try:
+        masquerade_del(call)
+    except Exception:
+        log.warning("rollback: could not remove masquerade rules of %s", call.req.container_id, exc_info=True)
 
 
 # --- pieces of the result every mode builds ----------------------------------------------------------------------

@@ -36,6 +36,9 @@ from cni.modes import (
     ipam_check,
     ipam_del,
     ipam_release_quietly,
+    masquerade_add,
+    masquerade_del,
+    masquerade_del_quietly,
     pod_sysctls,
     prev_container_iface,
     require_free_ifname,
@@ -65,8 +68,11 @@ def cmd_add(call: Call) -> Result:
             attach_port(host, host_port.index, bridge.index, opts.hairpin_mode, opts.vlan)
             ipam = ipam_add(call)
             try:
-                return _configure(call, host, pod, bridge.index, host_port.index, pod_link, ipam)
+                result = _configure(call, host, pod, bridge.index, host_port.index, pod_link, ipam)
+                masquerade_add(call, ipam.ips)
+                return result
             except BaseException:
+                masquerade_del_quietly(call)
                 ipam_release_quietly(call)
                 raise
         except BaseException:
@@ -137,6 +143,7 @@ def cmd_del(call: Call) -> None:
             # The host veth goes with its peer; the bridge stays.
             del_link_by_name(pod, call.req.ifname)
     ipam_del(call)
+    masquerade_del(call)
 
 
 def cmd_check(call: Call) -> None:

@@ -31,6 +31,9 @@ from cni.modes import (
     ipam_check,
     ipam_del,
     ipam_release_quietly,
+    masquerade_add,
+    masquerade_del,
+    masquerade_del_quietly,
     pod_sysctls,
     prev_container_iface,
     require_free_ifname,
@@ -59,8 +62,11 @@ def cmd_add(call: Call) -> Result:
             require_free_ifname(pod, req.ifname, req.netns)
             host_name = setup_veth(host, call.netns_fd, req.ifname, conf.mtu, conf.mac)
             try:
-                return _wire(call, host, pod, host_name, ipam, fams)
+                result = _wire(call, host, pod, host_name, ipam, fams)
+                masquerade_add(call, ipam.ips)
+                return result
             except BaseException:
+                masquerade_del_quietly(call)
                 del_link_quietly(host, host_name)
                 raise
     except BaseException:
@@ -105,6 +111,7 @@ def _wire(call: Call, host: IPRoute, pod: IPRoute, host_name: str, ipam: Result,
 def cmd_del(call: Call) -> None:
     # IPAM first, as the reference ptp does: the reservation must go even if the link cannot.
     ipam_del(call)
+    masquerade_del(call)
     if call.netns_fd is not None:
         with netlink_in(call.netns_fd) as pod:
             # Deleting the pod end deletes the host end, its /32 gateway address and the host route with it.
