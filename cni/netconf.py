@@ -32,6 +32,7 @@ class BridgeOptions:
     hairpin_mode: bool = False
     promisc_mode: bool = False
     vlan: int = 0
+    macspoofchk: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,10 @@ def _bridge_options(raw: Mapping[str, Any]) -> BridgeOptions:
         hairpin_mode=_bool(raw, "hairpinMode"),
         promisc_mode=_bool(raw, "promiscMode"),
         vlan=_int(raw, "vlan", 0, 4094),
+        macspoofchk=_bool(raw, "macspoofchk"),
     )
     if opts.hairpin_mode and opts.promisc_mode:
         raise CniError(INVALID_CONFIG, "hairpinMode: true cannot be combined with promiscMode: true")
-    if _bool(raw, "macspoofchk"):
-        raise CniError(UNSUPPORTED_FIELD, "macspoofchk: true is not supported by vnfio (no nftables backend)")
     if opts.vlan and opts.is_gateway:
         raise CniError(UNSUPPORTED_FIELD, f"vlan: {opts.vlan} together with isGateway: true is not supported by vnfio")
     for key in ("vlanTrunk", "portIsolation", "disableContainerInterface"):

@@ -130,15 +130,15 @@ def _valid_attachments(conf: Any) -> list[tuple[str, str]]:
 
 
 def _gc(req: Any, conf: Any) -> None:
-    """GC: links die with their netns, so only IPAM reservations and masquerade rules can outlive an attachment."""
-    from cni import ipmasq
+    """GC: links die with their netns; IPAM reservations and nftables rules (ipMasq, macspoofchk) can outlive it."""
+    from cni import ipmasq, macspoofchk
     from cni.modes import Call, ipam_gc
 
     valid = _valid_attachments(conf)
     errors = []
     # Continue past errors and report them all, as the spec asks of GC.
     for step in (lambda: ipam_gc(Call(req=req, conf=conf, netns_fd=None), valid),
-                 lambda: ipmasq.gc(conf.name, valid)):
+                 lambda: ipmasq.gc(conf.name, valid), lambda: macspoofchk.gc(conf.name, valid)):
         try:
             step()
         except CniError as exc:

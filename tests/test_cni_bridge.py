@@ -314,3 +314,37 @@ def test_ip_masq_lets_a_pod_reach_a_host_that_has_no_route_back(world: Scenario)
     assert run_vnfio(cni_env("DEL", "unmasked", unmasked.path), plain).code == 0
     assert run_vnfio(cni_env("DEL", "gone", gone.path), conf).code == 0
     assert_no_debris(world)
+
+
+def _spoofchk_rules() -> str:
+    out = subprocess.run(["nft", "list", "chain", "bridge", "vnfio_macspoofchk", "prerouting"], capture_output=True,
+                         text=True, check=False)
+    return out.stdout if out.returncode == 0 else ""
+
+
+@pytest.mark.skipif(subprocess.run(["which", "nft"], capture_output=True).returncode != 0, reason="no nft command")
+def test_macspoofchk_drops_frames_from_another_mac(world: Scenario) -> None:
+    network = f"spoof-{world.tag}"
+    conf = {**_conf(world, world.link_name("br"), str(random_subnet()), isGateway=True, macspoofchk=True),
+            "name": network}
+    a, b = world.netns(), world.netns()
+    ra = run_vnfio(cni_env("ADD", "pod-a", a.path), conf)
+    rb = run_vnfio(cni_env("ADD", "pod-b", b.path), conf)
+    assert ra.code == 0 and rb.code == 0, (ra.out, rb.out)
+    peer = _ip(rb.json["ips"][0]["address"])
+    rules = _spoofchk_rules()
+    port, pod_mac = ra.json["interfaces"][1]["name"], ra.json["interfaces"][2]["mac"]
+    assert f'iifname "{port}" ether saddr != {pod_mac} drop' in rules
+    assert run_vnfio(cni_env("CHECK", "pod-a", a.path), {**conf, "prevResult": ra.json}).code == 0
+    assert ping(a, peer)
+
+    a.ip("link", "set", "eth0", "address", "0a:58:00:de:ad:01")
+    assert not ping(a, peer, attempts=1, timeout=0.5)
+    a.ip("link", "set", "eth0", "address", ra.json["interfaces"][2]["mac"])
+    assert ping(a, peer)
+
+    assert run_vnfio(cni_env("DEL", "pod-a", a.path), conf).code == 0
+    b.close()  # the rule goes even when the netns is already gone
+    assert run_vnfio(cni_env("DEL", "pod-b", b.path), conf).code == 0
+    assert f"vnfio:{network}:" not in _spoofchk_rules()
+    assert_no_debris(world)

@@ -156,7 +156,7 @@ def test_an_unsupported_config_version_is_code_1_listing_the_supported(world: Sc
         ({"mode": "bridge", "hairpinMode": True, "promiscMode": True}, 7, "hairpinMode"),
         ({"mode": "bridge", "vlan": 5000}, 7, "vlan"),
         ({"mode": "bridge", "isGateway": "yes"}, 7, "isGateway"),
-        ({"mode": "bridge", "macspoofchk": True}, 2, "macspoofchk"),
+        ({"mode": "bridge", "macspoofchk": 1}, 7, "macspoofchk"),
         ({"mode": "bridge", "bridge": "a-bridge-name-too-long"}, 7, "bridge"),
         ({"mode": "macvlan", "macvlanMode": "source"}, 2, "macvlanMode"),
         ({"prevResult": {"ips": [{"address": "not-an-ip"}]}}, 6, "prevResult"),

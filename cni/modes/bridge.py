@@ -11,6 +11,7 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from cni import macspoofchk
 from cni.errors import INTERNAL, CniError
 from cni.links import (
     LinkState,
@@ -70,8 +71,11 @@ def cmd_add(call: Call) -> Result:
             try:
                 result = _configure(call, host, pod, bridge.index, host_port.index, pod_link, ipam)
                 masquerade_add(call, ipam.ips)
+                if opts.macspoofchk:
+                    macspoofchk.setup(conf.name, req.container_id, req.ifname, host_name, result.interfaces[-1].mac)
                 return result
             except BaseException:
+                _spoofchk_del_quietly(call)
                 masquerade_del_quietly(call)
                 ipam_release_quietly(call)
                 raise
@@ -144,6 +148,16 @@ def cmd_del(call: Call) -> None:
             del_link_by_name(pod, call.req.ifname)
     ipam_del(call)
     masquerade_del(call)
+    if call.conf.bridge.macspoofchk:
+        macspoofchk.teardown(call.conf.name, call.req.container_id, call.req.ifname)
+
+
+def _spoofchk_del_quietly(call: Call) -> None:
+    if call.conf.bridge.macspoofchk:
+        try:
+            macspoofchk.teardown(call.conf.name, call.req.container_id, call.req.ifname)
+        except Exception:
+            log.warning("rollback: could not remove the macspoofchk rule of %s", call.req.container_id, exc_info=True)
 
 
 def cmd_check(call: Call) -> None:
@@ -166,3 +180,5 @@ def cmd_check(call: Call) -> None:
                            f"says {opts.promisc_mode}")
         if not peer or link_state(host, peer).master != bridge:
             raise CniError(INTERNAL, f"CHECK: the host end of {call.req.ifname!r} is not a port of {opts.bridge!r}")
+    if opts.macspoofchk and not macspoofchk.present(call.conf.name, call.req.container_id, call.req.ifname):
+        raise CniError(INTERNAL, f"CHECK: the macspoofchk rule of {call.req.ifname!r} is missing")
