@@ -128,6 +128,11 @@ def test_check_reports_a_missing_address_and_a_missing_interface(world: Scenario
     assert added.code == 0, added.out
     conf["prevResult"] = added.json
     address = added.json["ips"][0]["address"]
+    host_veth = added.json["interfaces"][0]["name"]
+    subprocess.run(["ip", "route", "del", f"{_ip(address)}/32", "dev", host_veth], check=True)
+    out = run_vnfio(cni_env("CHECK", "pod-a", ns.path), conf)
+    assert out.code != 0
+    assert f"{_ip(address)}/32" in out.json["msg"] and host_veth in out.json["msg"]
     ns.ip("addr", "del", address, "dev", "eth0")
     out = run_vnfio(cni_env("CHECK", "pod-a", ns.path), conf)
     assert out.code != 0
@@ -224,4 +229,22 @@ def test_ip_masq_rules_follow_the_attachment(world: Scenario) -> None:
     rules = subprocess.run(["nft", "list", "chain", "inet", "vnfio_masquerade", "postrouting"], capture_output=True,
                            text=True, check=True).stdout
     assert f"vnfio:{network}:" not in rules
+    assert_no_debris(world)
+
+
+def test_runtime_config_ips_and_cni_args_ip_reach_ipam(world: Scenario) -> None:
+    subnet = random_subnet()
+    wanted = f"{subnet.network_address + 77}/24"
+    conf = _conf(world, str(subnet), runtimeConfig={"ips": [wanted]})
+    first, second = world.netns(), world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", first.path), conf)
+    assert added.code == 0, added.out
+    assert added.json["ips"][0]["address"] == wanted
+    assert wanted in first.addresses("eth0")
+    other = str(subnet.network_address + 78)
+    by_args = run_vnfio(cni_env("ADD", "pod-b", second.path, args=f"IP={other}"), _conf(world, str(subnet)))
+    assert by_args.code == 0, by_args.out
+    assert by_args.json["ips"][0]["address"] == f"{other}/24"
+    assert run_vnfio(cni_env("DEL", "pod-a", first.path), conf).code == 0
+    assert run_vnfio(cni_env("DEL", "pod-b", second.path), conf).code == 0
     assert_no_debris(world)

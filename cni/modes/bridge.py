@@ -16,6 +16,7 @@ from cni.errors import INTERNAL, CniError
 from cni.links import (
     LinkState,
     add_address,
+    addresses,
     attach_port,
     configure_iface,
     del_link_by_name,
@@ -180,5 +181,12 @@ def cmd_check(call: Call) -> None:
                            f"says {opts.promisc_mode}")
         if not peer or link_state(host, peer).master != bridge:
             raise CniError(INTERNAL, f"CHECK: the host end of {call.req.ifname!r} is not a port of {opts.bridge!r}")
+        if opts.is_gateway:
+            have = addresses(host, bridge)
+            for ip in prev.ips:
+                if ip.interface == index and ip.gateway:
+                    wanted = f"{ip.gateway}/{ipaddress.ip_interface(ip.address).network.prefixlen}"
+                    if wanted not in have:
+                        raise CniError(INTERNAL, f"CHECK: gateway address {wanted} missing on bridge {opts.bridge!r}")
     if opts.macspoofchk and not macspoofchk.present(call.conf.name, call.req.container_id, call.req.ifname):
         raise CniError(INTERNAL, f"CHECK: the macspoofchk rule of {call.req.ifname!r} is missing")

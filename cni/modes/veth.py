@@ -15,10 +15,12 @@ from cni.links import (
     SCOPE_LINK,
     add_address,
     add_route,
+    addresses,
     del_link_by_name,
     del_link_quietly,
     link_index,
     link_state_by_name,
+    routes,
     setup_veth,
 )
 from cni.modes import (
@@ -39,7 +41,7 @@ from cni.modes import (
     require_free_ifname,
 )
 from cni.netns import host_netlink, netlink_in, run_in_netns
-from cni.result import Interface, Result
+from cni.result import Interface, IPConfig, Result
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -134,3 +136,17 @@ def cmd_check(call: Call) -> None:
                 raise CniError(INTERNAL, f"CHECK: host veth {iface.name!r} not found")
             if peer and host_link != peer:
                 raise CniError(INTERNAL, f"CHECK: host veth {iface.name!r} is not the peer of {call.req.ifname!r}")
+            _check_host_side(host, host_link, iface.name, [ip for ip in prev.ips if ip.interface == index])
+
+
+def _check_host_side(host: IPRoute, host_link: int, name: str, ips: list[IPConfig]) -> None:
+    """The host veth still carries each gateway as a host address, and the host route to each pod address."""
+    have = addresses(host, host_link)
+    present = routes(host, host_link)
+    for ip in ips:
+        pod_ip = ipaddress.ip_interface(ip.address)
+        bits = pod_ip.max_prefixlen
+        if ip.gateway and f"{ip.gateway}/{bits}" not in have:
+            raise CniError(INTERNAL, f"CHECK: gateway address {ip.gateway}/{bits} missing on host veth {name!r}")
+        if (f"{pod_ip.ip}/{bits}", "") not in present:
+            raise CniError(INTERNAL, f"CHECK: host route to {pod_ip.ip}/{bits} via {name!r} missing")
