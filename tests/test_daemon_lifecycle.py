@@ -457,3 +457,33 @@ def test_occupied_metrics_port_is_a_clear_error(
         with RunningDaemon(settings) as running:
             assert running.wait() == 1
     assert sockets_in(plugin_dir) == set()
+
+
+def test_killed_daemon_leaves_sockets_that_the_next_one_replaces(
+    tmp_path: Path, board: SampleBoard, plugin_dir: Path, kubelet: KubeletStub, sample_config: Path
+) -> None:
+    """SIGKILL gives no chance to clean up; the next start must not fail with "address already in use"."""
+    args = [
+        "--config", str(sample_config), "--sysfs-root", str(board.sys), "--dev-root", str(board.dev),
+        "--plugin-dir", str(plugin_dir), "--no-uevents",
+    ]  # fmt: skip
+    first = subprocess.Popen([PLUGIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        kubelet.wait_registered(DPRC)
+        kubelet.wait_registered(VF)
+    finally:
+        first.kill()
+        first.wait()
+    assert sockets_in(plugin_dir) == {"kubelet.sock", "vnfio-dpaa2_dprc.sock", "vnfio-intel_vf.sock"}
+    second = subprocess.Popen([PLUGIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        kubelet.wait_registered(DPRC, 2)
+        kubelet.wait_registered(VF, 2)
+        assert kubelet.allocate(DPRC, ["dprc.2"]).envs["DPRC"] == "dprc.2"
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=15) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+    assert sockets_in(plugin_dir) == {"kubelet.sock"}
