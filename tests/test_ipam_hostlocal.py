@@ -157,6 +157,8 @@ def test_exhaustion_n_free_then_failure_without_debris(tmp_path: Path, req: Call
     assert status.value.code == NOT_AVAILABLE
     ipam_del(req("c7", command="DEL", ipam=ipam))
     ipam_status(req(command="STATUS", ipam=ipam))
+    (tmp_path / "net1" / "10.83.0.17").write_bytes(b"")  # a dead writer's empty file is still free
+    ipam_status(req(command="STATUS", ipam=ipam))
     assert ipam_add(req("c20", ipam=ipam))["ips"][0]["address"] == "10.83.0.17/24"
 
 
@@ -334,3 +336,17 @@ def test_interoperates_with_reference_host_local(tmp_path: Path, req: Callable) 
     ipam_del(req("ourpod", command="DEL"))
     assert reservations(tmp_path) == {}
     assert index_entries(tmp_path) == set()
+
+
+def test_foreign_object_in_the_store_is_a_clear_error_and_the_rest_still_works(tmp_path: Path, req: Callable) -> None:
+    ipam_add(req("a"))
+    (tmp_path / "net1" / "10.77.0.3").mkdir()  # not a reservation file: something an operator left there
+    with pytest.raises(CniError) as err:
+        ipam_add(req("b"))
+    assert err.value.code == INTERNAL
+    assert str(tmp_path / "net1") in err.value.msg
+    assert index_entries(tmp_path) == {"a:eth0"}
+    ipam_add(req("c", cni_args={"IP": "10.77.0.9"}))
+    ipam_del(req("a", command="DEL"))
+    ipam_del(req("c", command="DEL"))
+    assert reservations(tmp_path) == {}

@@ -265,15 +265,20 @@ def gc(req: IpamRequest, valid: Sequence[tuple[str, str]]) -> None:
 def status(req: IpamRequest) -> None:
     """Code 50 when an ADD could not succeed: the data directory is unusable or a range set is exhausted."""
     conf = load_config(req)
+    def full_sets(read_owners: bool) -> list[int]:
+        reserved = [ipaddress.ip_address(ip) for ip in txn.reserved_addresses(read_owners=read_owners)]
+        return [idx for idx, range_set in enumerate(conf.range_sets)
+                if sum(1 for ip in reserved if range_set.contains(ip)) >= range_set.capacity()]
+
     try:
         store = ReservationStore(conf.data_dir, conf.network)
         with store.transaction() as txn:
-            reserved = [ipaddress.ip_address(ip) for ip in txn.reserved_addresses()]
+            # Runtimes may poll STATUS: list names only, and read owners only when a set looks full.
+            full = full_sets(read_owners=False) and full_sets(read_owners=True)
     except CniError as exc:
         if exc.code != INTERNAL:
             raise
         raise CniError(NOT_AVAILABLE, f"host-local cannot serve ADD: {exc.msg}", exc.details) from None
-    for idx, range_set in enumerate(conf.range_sets):
-        used = sum(1 for ip in reserved if range_set.contains(ip))
-        if used >= range_set.capacity():
-            raise CniError(NOT_AVAILABLE, f"no IP addresses available in range set {idx}: {range_set}")
+    if full:
+        raise CniError(NOT_AVAILABLE, f"no IP addresses available in range set {full[0]}: "
+                                      f"{conf.range_sets[full[0]]}")

@@ -25,7 +25,6 @@ import fcntl
 import ipaddress
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -153,6 +152,9 @@ class ReservationStore:
                     txn = Transaction(dfd, self.path)
                     txn.ensure_index()
                     yield txn
+                except OSError as exc:  # a full or read-only disk, or a foreign file where ours should be
+                    name = f" ({exc.filename})" if exc.filename else ""
+                    raise CniError(INTERNAL, f"IPAM store {self.path}: {exc.strerror or exc}{name}") from exc
                 finally:
                     os.close(lock_fd)  # closing the last descriptor releases the flock
             finally:
@@ -227,6 +229,8 @@ class Transaction:
             return
         except FileNotFoundError:
             pass
+        import shutil  # only for this one-time migration: keep it off the per-pod import path
+
         staging = f"{INDEX_DIR}.tmp"
         shutil.rmtree(os.path.join(self.path, staging), ignore_errors=True)
         os.mkdir(staging, 0o755, dir_fd=self._dfd)
@@ -336,9 +340,13 @@ class Transaction:
                     if owner is not None:
                         yield entry.name, owner
 
-    def reserved_addresses(self) -> list[str]:
-        """Every held (non-empty) address file: for STATUS's exhaustion check."""
-        return [ip for ip, owner in self._reservations() if owner]
+    def reserved_addresses(self, *, read_owners: bool = True) -> list[str]:
+        """Every held address file, for STATUS. Without `read_owners` only names are listed (no file read),
+        so empty (free) files count as held: a cheap upper bound."""
+        if read_owners:
+            return [ip for ip, owner in self._reservations() if owner]
+        with os.scandir(self.path) as entries:
+            return [entry.name for entry in entries if _parse_address(entry.name)]
 
     def collect_garbage(self, valid: set[tuple[str, str]]) -> list[str]:
         """Release every reservation whose key is not in `valid`, then rebuild the index; returns the errors.
