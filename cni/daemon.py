@@ -141,7 +141,7 @@ class CniDaemon:
         self._execute = execute
         self._slots = threading.BoundedSemaphore(workers)
         self._listener: socket.socket | None = None
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._wake_w: int | None = None  # per serving process, see serve()
         self._handlers: set[threading.Thread] = set()
         self._handlers_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -167,6 +167,12 @@ class CniDaemon:
         self._listener = listener
         log.info("listening on %s (%d workers)", self.socket_path, self.workers)
 
+    def close(self) -> None:
+        """Close the listener and remove the socket, for a parent whose forked processes did the serving."""
+        if self._listener is not None:
+            self._listener.close()
+        self.socket_path.unlink(missing_ok=True)
+
     def _remove_stale_socket(self) -> None:
         try:
             mode = os.lstat(self.socket_path).st_mode
@@ -190,26 +196,36 @@ class CniDaemon:
     def stop(self) -> None:
         """Stop accepting; safe from a signal handler or another thread."""
         self._stopping.set()
-        with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
-            os.write(self._wake_w, b"x")
+        if self._wake_w is not None:
+            with contextlib.suppress(BlockingIOError, OSError):  # a wake-up is already pending, or serve() ended
+                os.write(self._wake_w, b"x")
 
-    def serve(self) -> None:
-        """Accept until stopped, then finish the requests already running and remove the socket."""
+    def serve(self, owns_socket: bool = True) -> None:
+        """Accept until stopped, then finish the requests already running (and remove the socket if we own it:
+        forked serving processes share the parent's)."""
         import select
 
         if self._listener is None:
             self.bind()
         assert self._listener is not None
+        # Several processes may accept on this listener: whoever loses the race gets EAGAIN, not a blocked accept.
+        self._listener.setblocking(False)
+        wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         poller = select.poll()
         poller.register(self._listener, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
         try:
             while not self._stopping.is_set():
                 ready = {fd for fd, _ in poller.poll()}
+                if wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 64)
                 if self._listener.fileno() not in ready:
                     continue
                 try:
                     conn, _ = self._listener.accept()
+                except BlockingIOError:
+                    continue
                 except OSError as exc:
                     log.warning("accept failed: %s", exc)
                     continue
@@ -219,10 +235,12 @@ class CniDaemon:
                 handler.start()
         finally:
             self._listener.close()
-            self.socket_path.unlink(missing_ok=True)
+            if owns_socket:
+                self.socket_path.unlink(missing_ok=True)
             self._drain()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            wake_w, self._wake_w = self._wake_w, None
+            os.close(wake_r)
+            os.close(wake_w)
             log.info("stopped")
 
     def _drain(self) -> None:
@@ -286,6 +304,88 @@ class CniDaemon:
             log.warning("CNI %s %s: the client left before the answer (code %d): %s", command, target, code, exc)
 
 
+class Supervisor:
+    """Several serving processes on one listener: the GIL lets one process use only one CPU for the Python part of
+    the work (~14 ms of CPU per bridge ADD), while CNI calls for different pods arrive in parallel.
+
+    The processes are forked after the warm-up and the bind, so each starts warm and the parent holds no threads
+    when it forks. The parent only supervises: it restarts a serving process that dies, forwards SIGTERM, and
+    removes the socket at the end. A serving process exits (finishing its running requests) if the parent dies.
+    """
+
+    def __init__(self, daemon: CniDaemon, processes: int) -> None:
+        self.daemon = daemon
+        self.processes = processes
+        self._children: set[int] = set()
+        self._stopping = False
+
+    def _spawn(self) -> int:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 0
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.daemon.stop())
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+            _die_with_parent(parent)
+            self.daemon.serve(owns_socket=False)
+        except BaseException:
+            log.exception("serving process failed")
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _spawn_blocked(self) -> None:
+        # Signals wait until the child is in our set (so stop() reaches it), and until the child has its own
+        # handlers (ours, inherited, would signal its siblings).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            if not self._stopping:
+                self._children.add(self._spawn())
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+
+    def stop(self) -> None:
+        self._stopping = True
+        for pid in list(self._children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def run(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stop())
+        for _ in range(self.processes):
+            self._spawn_blocked()
+        log.info("%d serving processes: %s", self.processes, sorted(self._children))
+        try:
+            while self._children:
+                try:
+                    pid, status = os.wait()
+                except ChildProcessError:
+                    break
+                self._children.discard(pid)
+                if not self._stopping:
+                    log.error("serving process %d ended (wait status %d); starting another", pid, status)
+                    time.sleep(0.5)  # no tight loop if something kills them on sight
+                    self._spawn_blocked()
+        finally:
+            self.daemon.close()
+            log.info("stopped")
+
+
+def _die_with_parent(parent: int) -> None:
+    """Get SIGTERM when the supervisor dies, so no orphan keeps accepting on a socket nobody owns."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vnfio-cni-daemon",
@@ -299,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=8, help="CNI commands run at once, for different containers (default: 8)"
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="serving processes, each with --workers threads (default: CPUs, at most 4: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)"
     )
     return parser
@@ -306,9 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.workers < 1:
-        build_parser().error("--workers must be at least 1")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers < 1 or args.processes < 1:
+        build_parser().error("--workers and --processes must be at least 1")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    # pyroute2 and asyncio log every netlink message at DEBUG: far too much even for debugging a CNI call.
+    for noisy in ("pyroute2", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     started = time.perf_counter()
     warmed = warm_up()
     elapsed_ms = (time.perf_counter() - started) * 1e3
@@ -319,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, RuntimeError) as exc:
         log.error("cannot listen on %s: %s", args.socket, exc)
         return 1
+    if args.processes > 1:
+        Supervisor(daemon, args.processes).run()
+        return 0
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: daemon.stop())
     daemon.serve()

@@ -66,9 +66,10 @@ class DaemonProcess:
         self.socket = socket_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> DaemonProcess:
+    def start(self, processes: int = 2) -> DaemonProcess:
         self.proc = subprocess.Popen(
-            [str(BIN / "vnfio-cni-daemon"), "--socket", str(self.socket), "--workers", "4"],
+            [str(BIN / "vnfio-cni-daemon"), "--socket", str(self.socket), "--workers", "4",
+             "--processes", str(processes)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -308,6 +309,9 @@ def test_a_daemon_restart_mid_run_loses_nothing(world: Scenario, socket_dir: Pat
     finally:
         first.stop(signal.SIGKILL)  # no goodbye: a stale socket and possibly held flocks die with it
     assert sock.exists()
+    deadline = time.monotonic() + 30
+    while _answers(sock) and time.monotonic() < deadline:  # its serving processes follow it (PDEATHSIG)
+        time.sleep(0.05)
     second = DaemonProcess(sock).start()
     try:
         for i in range(3, 6):
@@ -514,3 +518,36 @@ def test_stop_lets_a_running_request_finish(socket_dir: Path) -> None:
         serving.join(30)
     assert answers == [(0, b"done\n")]
     assert not serving.is_alive()
+
+
+def _children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def test_a_dead_serving_process_is_replaced_and_sigterm_stops_them_all(world: Scenario, socket_dir: Path) -> None:
+    conf = _conf(world, "veth", str(random_subnet()))
+    daemon = DaemonProcess(socket_dir / "cni.sock").start(processes=2)
+    assert daemon.proc is not None
+    try:
+        deadline = time.monotonic() + 30
+        while len(_children(daemon.proc.pid)) < 2 and time.monotonic() < deadline:  # the socket listens before
+            time.sleep(0.05)
+        serving = _children(daemon.proc.pid)
+        assert len(serving) == 2
+        victim = min(serving)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (len(_children(daemon.proc.pid) - {victim}) < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        replaced = _children(daemon.proc.pid)
+        assert len(replaced) == 2 and victim not in replaced
+        for i in range(4):  # whichever process accepts, each request is served
+            ns = world.netns()
+            added = vnfio(cni_env("ADD", f"s{i}", ns.path), conf, daemon.socket)
+            assert added.code == 0, added.out
+            assert vnfio(cni_env("DEL", f"s{i}", ns.path), conf, daemon.socket).code == 0
+    finally:
+        assert daemon.stop(signal.SIGTERM) == 0
+    assert not daemon.socket.exists()
+    for pid in replaced:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
