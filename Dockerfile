@@ -39,6 +39,13 @@ LABEL org.opencontainers.image.title="vnfio" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.vnfio.cni-executable="/opt/vnfio/vnfio"
+# nft: the CNI node daemon applies ipMasq and macspoofchk rules with it (the host's own nft serves the in-process
+# path). Pinned to bookworm's current build; after a Debian point release, pass --build-arg NFTABLES_VERSION=...
+# (`apt-cache policy nftables` in the base image tells the new one).
+ARG NFTABLES_VERSION=1.0.6-2+deb12u2
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends "nftables=${NFTABLES_VERSION}" \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 65532 vnfio \
  && useradd --system --uid 65532 --gid vnfio --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin vnfio
 COPY --from=builder /opt/vnfio /opt/vnfio
