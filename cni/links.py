@@ -40,6 +40,8 @@ class LinkState:
     master: int
     operstate: str
     promisc: bool
+    up: bool
+    peer: int  # IFLA_LINK: a veth's peer or a macvlan's master (an index in the peer's netns)
 
 
 def _netlink_errno(exc: BaseException) -> int | None:
@@ -52,7 +54,7 @@ def link_index(ipr: IPRoute, name: str) -> int | None:
 
 
 def link_state(ipr: IPRoute, index: int) -> LinkState:
-    return _state(ipr.get_links(index)[0])
+    return _state(ipr.link("get", index=index)[0])
 
 
 def _state(msg: Any) -> LinkState:
@@ -65,6 +67,8 @@ def _state(msg: Any) -> LinkState:
         master=msg.get("IFLA_MASTER") or 0,
         operstate=msg.get("IFLA_OPERSTATE") or "",
         promisc=bool(msg["flags"] & 0x100),
+        up=bool(msg["flags"] & 0x1),
+        peer=msg.get("IFLA_LINK") or 0,
     )
 
 
@@ -80,7 +84,7 @@ def link_state_by_name(ipr: IPRoute, name: str) -> LinkState | None:
 
 
 def macvlan_mode(ipr: IPRoute, index: int) -> str:
-    msg = ipr.get_links(index)[0]
+    msg = ipr.link("get", index=index)[0]
     mode = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_MACVLAN_MODE")
     names = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
     return names.get(mode, str(mode)) if isinstance(mode, int) else str(mode)
@@ -137,8 +141,8 @@ def rename_link(ipr: IPRoute, index: int, name: str) -> None:
 
 def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filtering: bool) -> LinkState:
     """Create the bridge if absent (a concurrent ADD creating it too is fine), check it is one, and bring it up."""
-    index = link_index(host, name)
-    if index is None:
+    state = link_state_by_name(host, name)
+    if state is None:
         attrs: dict[str, Any] = {"kind": "bridge"}
         if mtu:
             attrs["mtu"] = mtu
@@ -151,35 +155,33 @@ def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filter
                 raise _no_vlan_filtering() from exc
             if _netlink_errno(exc) != errno.EEXIST:
                 raise CniError(INTERNAL, f"failed to create bridge {name!r}: {exc}") from exc
-        index = link_index(host, name)
-        if index is None:
+        else:
+            # Pin the bridge MAC to itself: otherwise it follows the lowest port MAC and changes as pods come and
+            # go (plugins#60); the reference does the same.
+            created = link_state_by_name(host, name)
+            if created is not None:
+                host.link("set", index=created.index, address=created.mac)
+        state = link_state_by_name(host, name)
+        if state is None:
             raise CniError(INTERNAL, f"bridge {name!r} vanished right after creation")
-        # Pin the bridge MAC to itself: otherwise it follows the lowest port MAC and changes as pods come and go
-        # (plugins#60); the reference does the same.
-        host.link("set", index=index, address=link_state(host, index).mac)
-    state = link_state(host, index)
     if state.kind != "bridge":
         raise CniError(INTERNAL, f"{name!r} already exists but is a {state.kind or 'plain'} link, not a bridge")
     if vlan_filtering:
         try:
-            host.link("set", index=index, kind="bridge", br_vlan_filtering=1)
+            host.link("set", index=state.index, kind="bridge", br_vlan_filtering=1)
         except Exception as exc:
             if _netlink_errno(exc) == errno.EOPNOTSUPP:
                 raise _no_vlan_filtering() from exc
             raise
     if promisc and not state.promisc:
-        host.link("set", index=index, flags=0x100, mask=0x100)
-    if not _is_up(host, index):
-        host.link("set", index=index, state="up")
+        host.link("set", index=state.index, flags=0x100, mask=0x100)
+    if not state.up:
+        host.link("set", index=state.index, state="up")
     return state
 
 
 def _no_vlan_filtering() -> CniError:
     return CniError(UNSUPPORTED_FIELD, "vlan: this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)")
-
-
-def _is_up(ipr: IPRoute, index: int) -> bool:
-    return bool(ipr.get_links(index)[0]["flags"] & 0x1)
 
 
 def attach_port(host: IPRoute, port: int, bridge: int, hairpin: bool, vlan: int) -> None:
@@ -308,6 +310,19 @@ def routes(ipr: IPRoute, index: int | None = None) -> set[tuple[str, str]]:
             dst = f"{r.get('RTA_DST') or zero}/{r['dst_len']}"
             found.add((str(ipaddress.ip_network(dst, strict=False)), r.get("RTA_GATEWAY") or ""))
     return found
+
+
+def route_exists(ipr: IPRoute, dst: str, index: int) -> bool:
+    """Whether the kernel routes `dst` out of link `index` through the main table (an RTM_GETROUTE lookup; the answer
+    is the route the kernel would use for the address, so a more specific route elsewhere also says no)."""
+    net = ipaddress.ip_network(dst, strict=False)
+    try:
+        found = ipr.route("get", dst=str(net.network_address))
+    except Exception as exc:
+        if _netlink_errno(exc) in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return False
+        raise
+    return any(r.get("RTA_OIF") == index and r.get("RTA_TABLE", r["table"]) == _MAIN_TABLE for r in found)
 
 
 def default_route_link(ipr: IPRoute) -> int | None:

@@ -21,6 +21,8 @@ from cni.result import Interface, IPConfig, Result, parse_result
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
+    from cni.links import LinkState
+
 log = logging.getLogger(__name__)
 
 
@@ -198,16 +200,16 @@ def prev_container_iface(call: Call) -> tuple[Result, int]:
     raise CniError(INTERNAL, f"CHECK: prevResult has no interface {call.req.ifname!r} in sandbox {call.req.netns!r}")
 
 
-def check_container_iface(call: Call, pod: IPRoute, prev: Result, index: int, kind: str) -> int:
+def check_container_iface(call: Call, pod: IPRoute, prev: Result, index: int, kind: str) -> LinkState:
     """CHECK the container side: the link exists with the kind and MAC of prevResult, carries every address
-    prevResult gives it, and every prevResult route through it exists. Returns the link index."""
-    from cni.links import addresses, link_index, link_state, routes
+    prevResult gives it, and every prevResult route through it exists. Returns the link's state."""
+    from cni.links import addresses, link_state_by_name, routes
 
     ifname = call.req.ifname
-    link = link_index(pod, ifname)
-    if link is None:
+    state = link_state_by_name(pod, ifname)
+    if state is None:
         raise CniError(INTERNAL, f"CHECK: container interface {ifname!r} not found in {call.req.netns!r}")
-    state = link_state(pod, link)
+    link = state.index
     if state.kind != kind:
         raise CniError(INTERNAL, f"CHECK: {ifname!r} is a {state.kind or 'plain'} link, expected {kind}")
     expected_mac = prev.interfaces[index].mac
@@ -228,4 +230,4 @@ def check_container_iface(call: Call, pod: IPRoute, prev: Result, index: int, ki
         gw = route.gw or gateways.get(family, "")
         if (route.dst, gw) not in present:
             raise CniError(INTERNAL, f"CHECK: route {route.dst} via {gw or 'link'} missing in {call.req.netns!r}")
-    return link
+    return state

@@ -167,8 +167,7 @@ def cmd_check(call: Call) -> None:
     opts = call.conf.bridge
     assert call.netns_fd is not None
     with netlink_in(call.netns_fd) as pod:
-        link = check_container_iface(call, pod, prev, index, "veth")
-        peer = pod.get_links(link)[0].get("IFLA_LINK")
+        peer = check_container_iface(call, pod, prev, index, "veth").peer
     with host_netlink() as host:
         bridge = link_index(host, opts.bridge)
         if bridge is None:
