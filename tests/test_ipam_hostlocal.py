@@ -338,15 +338,24 @@ def test_interoperates_with_reference_host_local(tmp_path: Path, req: Callable) 
     assert index_entries(tmp_path) == set()
 
 
-def test_foreign_object_in_the_store_is_a_clear_error_and_the_rest_still_works(tmp_path: Path, req: Callable) -> None:
+def test_foreign_object_at_an_address_is_skipped(tmp_path: Path, req: Callable) -> None:
     ipam_add(req("a"))
     (tmp_path / "net1" / "10.77.0.3").mkdir()  # not a reservation file: something an operator left there
+    assert ipam_add(req("b"))["ips"][0]["address"] == "10.77.0.4/24"
+    ipam_del(req("a", command="DEL"))
+    ipam_del(req("b", command="DEL"))
+    assert set(reservations(tmp_path)) == set()
+
+
+def test_broken_store_is_a_clear_error_that_leaves_no_reservation(tmp_path: Path, req: Callable) -> None:
+    ipam_add(req("a"))
+    index = tmp_path / "net1" / "by-key"
+    for entry in index.iterdir():
+        entry.unlink()
+    index.rmdir()
+    index.write_text("")  # the index directory replaced by a file
     with pytest.raises(CniError) as err:
         ipam_add(req("b"))
     assert err.value.code == INTERNAL
-    assert str(tmp_path / "net1") in err.value.msg
-    assert index_entries(tmp_path) == {"a:eth0"}
-    ipam_add(req("c", cni_args={"IP": "10.77.0.9"}))
-    ipam_del(req("a", command="DEL"))
-    ipam_del(req("c", command="DEL"))
-    assert reservations(tmp_path) == {}
+    assert str(tmp_path / "net1") in err.value.msg and "by-key/b:eth0" in err.value.msg
+    assert reservations(tmp_path) == {"10.77.0.2": "a\r\neth0", "by-key": ""}  # 10.77.0.3 was not taken
