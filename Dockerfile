@@ -1,12 +1,14 @@
 # vnfio: one image for the device plugin (`vnfio-device-plugin`), the CNI node daemon (`vnfio-cni-daemon`) and the
 # self-contained CNI executable that the CNI DaemonSet's init container installs on the host (/opt/vnfio/vnfio).
 #
-#   docker build -t vnfio:0.1.0 .
+#   git archive HEAD | docker build -t REGISTRY/vnfio:0.1.0 -     (a clean context: no .venv, no caches)
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/vnfio:0.1.0 --push .
 #
-# The default user is unprivileged. The manifests run the device plugin as uid 0 with every capability dropped
-# (kubelet's socket dir and kubelet.sock are root-owned), and the CNI DaemonSet as root with NET_ADMIN and
-# SYS_ADMIN (it wires links in the host network namespace and writes /opt/cni/bin): see manifests/base/.
+# The default user is unprivileged. The manifests override it where the job needs root: the device plugin runs as
+# uid 0 with every capability dropped (kubelet's socket dir and kubelet.sock are root-owned); the CNI DaemonSet runs
+# as root, its init container with SYS_CHROOT only (it writes the host's /opt/cni/bin and checks the executable
+# with the host's python3), its daemon with NET_ADMIN and SYS_ADMIN (links in the host's and the pods' network
+# namespaces): see manifests/base/.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # The interpreter the CNI executable names in its #! line: the nodes' own python3 (>= 3.11 for the in-process
