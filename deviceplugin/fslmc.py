@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from deviceplugin.records import FslMcContainer
-from deviceplugin.sysfs import SysfsError, entries, group_number, link_name, resolve_inside, subdirectories
+from deviceplugin.sysfs import SysfsError, driver_name, entries, group_number, resolve_inside, subdirectories
 
 VFIO_FSL_MC = "vfio-fsl-mc"
 _DPRC = re.compile(r"^dprc\.[0-9]+$")
@@ -45,7 +45,7 @@ def _read_container(link: Path, sysfs_root: Path, problems: list[str]) -> FslMcC
         raise SysfsError(f"{link} leads to {cdir.name}, not to {name}")
     # Objects nest physically under their container, so the parent directory is the parent container.
     parent = cdir.parent.name if _DPRC.match(cdir.parent.name) else None
-    driver = link_name(cdir / "driver")
+    driver = driver_name(cdir, sysfs_root)
     try:
         group = group_number(cdir, sysfs_root)
     except SysfsError as exc:
@@ -56,7 +56,7 @@ def _read_container(link: Path, sysfs_root: Path, problems: list[str]) -> FslMcC
     unbound: list[str] = []
     for obj in objects:
         try:
-            obj_driver = link_name(cdir / obj / "driver")
+            obj_driver = driver_name(cdir / obj, sysfs_root)
         except SysfsError as exc:
             problems.append(f"fsl-mc {name}: {exc}")
             obj_driver = None

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from deviceplugin.records import IommuGroup
-from deviceplugin.sysfs import SysfsError, device_node, entries, link_name, read_value, resolve_inside
+from deviceplugin.sysfs import SysfsError, device_node, driver_name, entries, read_value, resolve_inside
 
 _GROUP = re.compile(r"^[0-9]+$")
 NOIOMMU_GROUP_NAME = "vfio-noiommu"
@@ -64,7 +64,7 @@ def _read_group(
         members.append(member)
         try:
             mdir = resolve_inside(gdir / "devices" / member, sysfs_root)
-            driver = link_name(mdir / "driver")
+            driver = driver_name(mdir, sysfs_root)
             bridge = (read_value(mdir / "class") or "").lower().startswith("0x0604")
         except SysfsError as exc:
             problems.append(f"iommu group {number}: member {member}: {exc}")

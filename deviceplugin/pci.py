@@ -8,10 +8,10 @@ from pathlib import Path
 from deviceplugin.records import PciDevice
 from deviceplugin.sysfs import (
     SysfsError,
+    driver_name,
     entries,
     group_number,
     is_pci_address,
-    link_name,
     read_value,
     resolve_inside,
 )
@@ -85,7 +85,7 @@ def _read_function(link: Path, sysfs_root: Path, problems: list[str]) -> PciDevi
         vendor=_hex_attr(fdir / "vendor", 4),
         device=_hex_attr(fdir / "device", 4),
         pci_class=_hex_attr(fdir / "class", 6),
-        driver=link_name(fdir / "driver"),
+        driver=driver_name(fdir, sysfs_root),
         iommu_group=group,
         numa_node=_numa(fdir / "numa_node", problems),
         pf_address=pf_address,

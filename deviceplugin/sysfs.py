@@ -53,6 +53,20 @@ def link_name(path: Path) -> str | None:
     return name
 
 
+def driver_name(device_dir: Path, sysfs_root: Path) -> str | None:
+    """The driver a device is bound to (the basename of its `driver` link, as the kernel names it); None when
+    unbound. A link that dangles, loops or leads out of the tree proves no binding: it raises, so a device
+    whose driver cannot be verified is never taken for vfio-bound."""
+    link = device_dir / "driver"
+    name = link_name(link)
+    if name is not None:
+        try:
+            resolve_inside(link, sysfs_root)
+        except SysfsError as exc:
+            raise SysfsError(f"driver link {link} ({name}) does not lead to a driver: {exc}") from exc
+    return name
+
+
 def resolve_inside(path: Path, root: Path) -> Path:
     """Follow `path` to a real directory inside `root`; raise for dangling links, loops and escapes."""
     try:
