@@ -90,9 +90,14 @@ def macvlan_mode(ipr: IPRoute, index: int) -> str:
     return names.get(mode, str(mode)) if isinstance(mode, int) else str(mode)
 
 
-def setup_veth(host: IPRoute, netns_fd: int, ifname: str, mtu: int = 0, mac: str = "") -> str:
+def _name_taken(ifname: str) -> CniError:
+    # The spec: if CNI_IFNAME already exists in the container, ADD must fail.
+    return CniError(INTERNAL, f"container interface {ifname!r} already exists")
+
+
+def setup_veth(host: IPRoute, pod: IPRoute, netns_fd: int, ifname: str, mtu: int = 0, mac: str = "") -> str:
     """Create a veth pair: `ifname` directly in the pod netns, a random `veth%08x` peer in the host. Returns the
-    host name. The caller has checked that `ifname` is free in the pod."""
+    host name. `ifname` already taken in the pod is an error."""
     peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": netns_fd}
     extra: dict[str, Any] = {}
     if mtu:
@@ -107,7 +112,9 @@ def setup_veth(host: IPRoute, netns_fd: int, ifname: str, mtu: int = 0, mac: str
         except Exception as exc:
             if _netlink_errno(exc) != errno.EEXIST:
                 raise CniError(INTERNAL, f"failed to create veth {host_name}/{ifname}: {exc}") from exc
-            # EEXIST: either our random host name collided (retry) or the pod gained `ifname` meanwhile.
+            # EEXIST names neither end: ask the pod only now, off the common path; else the random name collided.
+            if link_index(pod, ifname) is not None:
+                raise _name_taken(ifname) from exc
     raise CniError(INTERNAL, f"failed to create a veth for {ifname}: no free host name after 10 attempts")
 
 
@@ -136,6 +143,8 @@ def rename_link(ipr: IPRoute, index: int, name: str) -> None:
     try:
         ipr.link("set", index=index, ifname=name)
     except Exception as exc:
+        if _netlink_errno(exc) == errno.EEXIST:
+            raise _name_taken(name) from exc
         raise CniError(INTERNAL, f"failed to rename link {index} to {name!r}: {exc}") from exc
 
 
@@ -185,15 +194,14 @@ def _no_vlan_filtering() -> CniError:
 
 
 def attach_port(host: IPRoute, port: int, bridge: int, hairpin: bool, vlan: int) -> None:
-    """Enslave `port` to `bridge`, set hairpin and the access VLAN, and bring it up."""
-    host.link("set", index=port, master=bridge)
+    """Enslave `port` to `bridge` and bring it up, then set hairpin and the access VLAN."""
+    host.link("set", index=port, master=bridge, state="up")
     if hairpin:
         host.brport("set", index=port, mode=1)  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN
     if vlan:
         # Access port: untagged PVID `vlan` instead of the kernel's default VLAN 1.
         host.vlan_filter("add", index=port, vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
         host.vlan_filter("del", index=port, vlan_info={"vid": 1})
-    host.link("set", index=port, state="up")
 
 
 def wait_oper_up(ipr: IPRoute, index: int, timeout: float = 5.0) -> LinkState:
@@ -232,7 +240,8 @@ def del_link_quietly(ipr: IPRoute, name: str) -> None:
         log.warning("rollback: could not delete link %s", name, exc_info=True)
 
 
-def add_address(ipr: IPRoute, index: int, cidr: str, nodad: bool = False, noprefixroute: bool = False) -> None:
+def add_address(ipr: IPRoute, index: int, cidr: str, nodad: bool = False, noprefixroute: bool = False) -> bool:
+    """Add `cidr` to the link; False if it was already there."""
     iface = ipaddress.ip_interface(cidr)
     flags = (IFA_F_NODAD if nodad and iface.version == 6 else 0) | (IFA_F_NOPREFIXROUTE if noprefixroute else 0)
     kwargs: dict[str, Any] = {}
@@ -243,6 +252,8 @@ def add_address(ipr: IPRoute, index: int, cidr: str, nodad: bool = False, nopref
     except Exception as exc:
         if _netlink_errno(exc) != errno.EEXIST:
             raise CniError(INTERNAL, f"failed to add address {cidr} to link {index}: {exc}") from exc
+        return False
+    return True
 
 
 def add_route(

@@ -154,14 +154,6 @@ def chain(prev: Result | None, ours: Result) -> Result:
     )
 
 
-def require_free_ifname(pod: IPRoute, ifname: str, netns: str) -> None:
-    """The spec: if CNI_IFNAME already exists in the container, ADD must fail."""
-    from cni.links import link_index
-
-    if link_index(pod, ifname) is not None:
-        raise CniError(INTERNAL, f"container interface {ifname!r} already exists in netns {netns!r}")
-
-
 def enable_forwarding(fams: set[int]) -> None:
     """Host-wide IP forwarding for the families in use (the reference `ip.EnableForward`)."""
     from cni.netns import write_sysctl

@@ -43,7 +43,6 @@ from cni.modes import (
     masquerade_del_quietly,
     pod_sysctls,
     prev_container_iface,
-    require_free_ifname,
 )
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, IPConfig, Result, Route
@@ -59,9 +58,8 @@ def cmd_add(call: Call) -> Result:
     opts = conf.bridge
     assert call.netns_fd is not None
     with host_netlink() as host, netlink_in(call.netns_fd) as pod:
-        require_free_ifname(pod, req.ifname, req.netns)
         bridge = ensure_bridge(host, opts.bridge, conf.mtu, opts.promisc_mode, vlan_filtering=bool(opts.vlan))
-        host_name = setup_veth(host, call.netns_fd, req.ifname, conf.mtu, conf.mac)
+        host_name = setup_veth(host, pod, call.netns_fd, req.ifname, conf.mtu, conf.mac)
         try:
             host_port = link_state_by_name(host, host_name)
             pod_link = link_state_by_name(pod, req.ifname)
@@ -123,23 +121,27 @@ def _configure(call: Call, host: IPRoute, pod: IPRoute, bridge: int, host_port: 
 
 def _ensure_gateway_address(host: IPRoute, bridge: int, ip: IPConfig, force: bool) -> None:
     """Put gateway/prefix on the bridge. Another IPv4 address (or an overlapping IPv6 one) is an error unless
-    `forceAddress`, which replaces it, as in the reference `ensureAddr`."""
+    `forceAddress`, which replaces it, as in the reference `ensureAddr`. Only the ADD that actually adds the
+    address (the bridge's first pod) pays for reading the bridge's other addresses."""
     pod_net = ipaddress.ip_interface(ip.address).network
     wanted = ipaddress.ip_interface(f"{ip.gateway}/{pod_net.prefixlen}")
+    if not add_address(host, bridge, str(wanted), nodad=True):
+        return  # already there
     family = 2 if wanted.version == 4 else 10
+    conflicts = []
     for a in host.get_addr(index=bridge, family=family):
         have = ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
-        if have == wanted:
-            return
-        if have.is_link_local:
+        if have == wanted or have.is_link_local:
             continue
         if wanted.version == 4 or have.network.overlaps(wanted.network):
-            if not force:
-                name = link_state(host, bridge).name
-                raise CniError(INTERNAL, f"bridge {name!r} already has an IP address {have} different from {wanted}"
-                               " (set forceAddress to replace it)")
-            host.addr("del", index=bridge, address=str(have.ip), prefixlen=have.network.prefixlen)
-    add_address(host, bridge, str(wanted), nodad=True)
+            conflicts.append(have)
+    for have in conflicts:
+        if not force:
+            host.addr("del", index=bridge, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
+            name = link_state(host, bridge).name
+            raise CniError(INTERNAL, f"bridge {name!r} already has an IP address {have} different from {wanted}"
+                           " (set forceAddress to replace it)")
+        host.addr("del", index=bridge, address=str(have.ip), prefixlen=have.network.prefixlen)
 
 
 def cmd_del(call: Call) -> None:

@@ -33,7 +33,6 @@ from cni.modes import (
     ipam_release_quietly,
     pod_sysctls,
     prev_container_iface,
-    require_free_ifname,
 )
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, Result
@@ -63,7 +62,6 @@ def cmd_add(call: Call) -> Result:
     req, conf = call.req, call.conf
     assert call.netns_fd is not None
     with host_netlink() as host, netlink_in(call.netns_fd) as pod:
-        require_free_ifname(pod, req.ifname, req.netns)
         where = pod if conf.macvlan.link_in_container else host
         master = _master(call, where)
         master_mtu = link_state(where, master).mtu
@@ -71,11 +69,13 @@ def cmd_add(call: Call) -> Result:
             raise CniError(INVALID_CONFIG, f"mtu: {conf.mtu} is larger than the master's MTU {master_mtu}")
         into = None if conf.macvlan.link_in_container else call.netns_fd
         temp = create_macvlan(where, master, conf.macvlan.mode, into, conf.mtu, conf.mac)
+        current = temp  # what to delete on failure: never a CNI_IFNAME that was there before us
         try:
             index = link_index(pod, temp)
             if index is None:
                 raise CniError(INTERNAL, f"macvlan {temp!r} vanished right after creation")
             rename_link(pod, index, req.ifname)
+            current = req.ifname
             ipam = ipam_add(call)
             try:
                 fams = families(ipam)
@@ -88,8 +88,7 @@ def cmd_add(call: Call) -> Result:
                 ipam_release_quietly(call)
                 raise
         except BaseException:
-            del_link_quietly(pod, req.ifname)
-            del_link_quietly(pod, temp)
+            del_link_quietly(pod, current)
             raise
     iface = Interface(name=req.ifname, mac=state.mac, sandbox=req.netns, mtu=state.mtu)
     return container_result(call, ipam, [iface])

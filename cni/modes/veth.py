@@ -38,7 +38,6 @@ from cni.modes import (
     masquerade_del_quietly,
     pod_sysctls,
     prev_container_iface,
-    require_free_ifname,
 )
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, IPConfig, Result
@@ -61,8 +60,7 @@ def cmd_add(call: Call) -> Result:
         if ipam.ips:
             enable_forwarding(fams)
         with host_netlink() as host, netlink_in(call.netns_fd) as pod:
-            require_free_ifname(pod, req.ifname, req.netns)
-            host_name = setup_veth(host, call.netns_fd, req.ifname, conf.mtu, conf.mac)
+            host_name = setup_veth(host, pod, call.netns_fd, req.ifname, conf.mtu, conf.mac)
             try:
                 result = _wire(call, host, pod, host_name, ipam, fams)
                 masquerade_add(call, ipam.ips)
