@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cni.errors import (
     DECODE_FAILURE,
@@ -23,6 +23,10 @@ from cni.errors import (
     CniError,
 )
 from cni.versions import CURRENT, SUPPORTED, version_info
+
+if TYPE_CHECKING:
+    from cni.netconf import NetConf
+    from cni.request import CniRequest
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ def _decode(stdin: bytes) -> Any:
         raise CniError(DECODE_FAILURE, f"failed to decode the network config on stdin: {exc}") from exc
 
 
-def _run(req: Any, raw: Any, netns_fd: int | None) -> tuple[int, str]:
+def _run(req: CniRequest, raw: Any, netns_fd: int | None) -> tuple[int, str]:
     from cni.netconf import parse_netconf
     from cni.result import version_tuple
 
@@ -115,7 +119,7 @@ def _run(req: Any, raw: Any, netns_fd: int | None) -> tuple[int, str]:
             os.close(owned_fd)
 
 
-def _valid_attachments(conf: Any) -> list[tuple[str, str]]:
+def _valid_attachments(conf: NetConf) -> list[tuple[str, str]]:
     raw = conf.raw.get("cni.dev/valid-attachments", conf.raw.get("cni.dev/attachments"))
     if raw is None:
         return []
@@ -129,7 +133,7 @@ def _valid_attachments(conf: Any) -> list[tuple[str, str]]:
     return valid
 
 
-def _gc(req: Any, conf: Any) -> None:
+def _gc(req: CniRequest, conf: NetConf) -> None:
     """GC: links die with their netns; IPAM reservations and nftables rules (ipMasq, macspoofchk) can outlive it."""
     from cni import ipmasq, macspoofchk
     from cni.modes import Call, ipam_gc
@@ -149,7 +153,7 @@ def _gc(req: Any, conf: Any) -> None:
         raise CniError(errors[0].code, "; ".join(e.msg for e in errors))
 
 
-def _status(req: Any, conf: Any) -> None:
+def _status(req: CniRequest, conf: NetConf) -> None:
     """STATUS: can ADD be served? A macvlan master that is configured but absent means no (code 50)."""
     from cni.modes import Call, ipam_status
 

@@ -11,7 +11,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass, replace
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cni.errors import INTERNAL, INVALID_CONFIG, CniError
 from cni.netconf import NetConf
@@ -21,6 +21,7 @@ from cni.result import Interface, IPConfig, Result, parse_result
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
+    from cni.ipam import IpamRequest
     from cni.links import LinkState
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def mode_module(mode: str) -> ModuleType:
 # --- IPAM delegation (the built-ins and external plugins live in cni.ipam) -------------------------------------
 
 
-def _ipam_request(call: Call) -> Any:
+def _ipam_request(call: Call) -> IpamRequest:
     from cni.ipam import IpamRequest
 
     req = call.req
@@ -131,13 +132,13 @@ def masquerade_del_quietly(call: Call) -> None:
 # --- pieces of the result every mode builds ----------------------------------------------------------------------
 
 
-def container_result(call: Call, ipam: Result, interfaces: list[Interface], extra_routes: tuple = ()) -> Result:
+def container_result(call: Call, ipam: Result, interfaces: list[Interface]) -> Result:
     """The mode's result: its interfaces, IPAM's addresses on the last one (the container side), IPAM's routes,
     and the config's DNS if it has any (it overrides IPAM's, as in the reference plugins)."""
     index = len(interfaces) - 1
     ips = tuple(replace(ip, interface=index) for ip in ipam.ips)
     dns = ipam.dns if call.conf.dns.empty else call.conf.dns
-    return Result(interfaces=tuple(interfaces), ips=ips, routes=(*ipam.routes, *extra_routes), dns=dns)
+    return Result(interfaces=tuple(interfaces), ips=ips, routes=ipam.routes, dns=dns)
 
 
 def chain(prev: Result | None, ours: Result) -> Result:
