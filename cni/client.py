@@ -98,9 +98,12 @@ def forward(
             rights = []
             if netns_fd is not None:
                 rights.append((_socket.SOL_SOCKET, _socket.SCM_RIGHTS, netns_fd.to_bytes(4, sys.byteorder)))
-            sent = sock.sendmsg([data], rights)
-            if sent < len(data):
-                sock.sendall(data[sent:])
+            try:
+                sent = sock.sendmsg([data], rights)
+                if sent < len(data):
+                    sock.sendall(data[sent:])
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon may have refused us before reading: its answer is still there to read
             answer = recv_exact(sock, 1)
             if answer == REFUSED:
                 size = int.from_bytes(recv_exact(sock, 4), "big")
