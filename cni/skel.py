@@ -18,6 +18,7 @@ from cni.errors import (
     INCOMPATIBLE_VERSION,
     INTERNAL,
     INVALID_CONFIG,
+    INVALID_NETNS,
     NOT_AVAILABLE,
     UNKNOWN_CONTAINER,
     CniError,
@@ -104,6 +105,11 @@ def _run(req: CniRequest, raw: Any, netns_fd: int | None) -> tuple[int, str]:
             if req.command != "DEL":
                 raise CniError(UNKNOWN_CONTAINER, f"netns {req.netns!r} does not exist") from None
             log.info("DEL %s/%s: netns %s already gone, releasing IPAM only", req.container_id, req.ifname, req.netns)
+        except CniError as exc:
+            # A path left behind by a deleted netns is no netns any more: DEL still cleans up what it can.
+            if req.command != "DEL" or exc.code != INVALID_NETNS:
+                raise
+            log.info("DEL %s/%s: %s; releasing IPAM only", req.container_id, req.ifname, exc.msg)
     try:
         call = Call(req=req, conf=conf, netns_fd=fd)
         if req.command == "ADD":

@@ -252,6 +252,20 @@ def test_del_with_the_netns_gone_still_releases_ipam(world: Scenario) -> None:
     assert_no_debris(world)
 
 
+def test_del_with_a_stale_netns_path_still_releases_ipam(world: Scenario, tmp_path: Path) -> None:
+    """The runtime's netns file can outlive the namespace (an unmounted bind-mount target): DEL must succeed."""
+    ns = world.netns()
+    conf = _conf(world)
+    added = run_vnfio(cni_env("ADD", "ctr1", ns.path), conf)
+    assert added.code == 0, added.out
+    stale = tmp_path / "netns-file-left-behind"
+    stale.write_text("")
+    out = run_vnfio(cni_env("DEL", "ctr1", str(stale)), {**conf, "prevResult": added.json})
+    assert (out.code, out.out) == (0, "")
+    assert reservation_files(world.data_dir) == []
+    assert run_vnfio(cni_env("DEL", "ctr1", ns.path), conf).code == 0  # the real one, for the links
+
+
 def test_an_open_netns_fd_is_used_instead_of_the_path(world: Scenario) -> None:
     """The node daemon passes the pod netns as an fd; CNI_NETNS is then only reported as the sandbox."""
     ns = world.netns()
