@@ -8,6 +8,7 @@ device, never the daemon.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -70,20 +71,40 @@ def driver_name(device_dir: Path, sysfs_root: Path) -> str | None:
 def resolve_inside(path: Path, root: Path) -> Path:
     """Follow `path` to a real directory inside `root`; raise for dangling links, loops and escapes."""
     try:
-        resolved = path.resolve(strict=True)
+        resolved = _real_path(path)
     except FileNotFoundError as exc:
         raise SysfsError(f"{path} is a dangling link") from exc
-    except RuntimeError as exc:  # Python < 3.13 reports symlink loops this way
-        raise SysfsError(f"{path} is a symlink loop") from exc
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP
+        if exc.errno == errno.ELOOP:
             raise SysfsError(f"{path} is a symlink loop") from exc
         raise SysfsError(f"cannot resolve {path}: {_reason(exc)}") from exc
-    if not resolved.is_relative_to(root.resolve()):
+    if not resolved.is_relative_to(_real_root(root)):
         raise SysfsError(f"{path} points outside {root} (to {resolved})")
     if not resolved.is_dir():
         raise SysfsError(f"{path} is not a directory")
     return resolved
+
+
+def _real_path(path: Path) -> Path:
+    """Where `path` leads with every symlink followed; OSError (ENOENT: dangling, ELOOP: a loop) otherwise.
+
+    The kernel resolves the whole path in one open(O_PATH) and /proc/self/fd names where it landed, where
+    os.path.realpath lstats every component in Python: a rescan of a node with thousands of functions
+    resolves tens of thousands of links, and this keeps it fast. Without /proc, realpath does it."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except FileNotFoundError:
+        return Path(os.path.realpath(path, strict=True))
+    finally:
+        os.close(fd)
+
+
+def _real_root(root: Path) -> Path:
+    try:
+        return _real_path(root)
+    except OSError:
+        return root.resolve()
 
 
 def group_number(device_dir: Path, sysfs_root: Path) -> int | None:
@@ -97,10 +118,13 @@ def group_number(device_dir: Path, sysfs_root: Path) -> int | None:
         return None
     if not _GROUP_NUMBER.match(name):
         raise SysfsError(f"{link} names group {name!r}, which is not a number")
-    expected = (sysfs_root / "kernel/iommu_groups" / name).resolve()
     try:
-        actual = link.resolve(strict=True)
-    except (OSError, RuntimeError) as exc:
+        expected: Path | None = _real_path(sysfs_root / "kernel/iommu_groups" / name)
+    except OSError:
+        expected = None  # the group does not exist in this tree: the link cannot lead to it
+    try:
+        actual = _real_path(link)
+    except OSError as exc:
         raise SysfsError(f"{link} does not lead to kernel/iommu_groups/{name}: {_reason(exc)}") from exc
     if actual != expected:
         raise SysfsError(f"{link} points at {actual}, not at kernel/iommu_groups/{name}")
@@ -141,8 +165,11 @@ def device_node(path: Path, dev_root: Path) -> str | None:
         raise SysfsError(f"{path} is a symlink, not a device node; ignored")
     if not (stat.S_ISCHR(st.st_mode) or stat.S_ISREG(st.st_mode)):
         raise SysfsError(f"{path} is not a character device; ignored")
-    real_parent = Path(os.path.realpath(path.parent))
-    if not real_parent.is_relative_to(Path(os.path.realpath(dev_root))):
+    try:
+        real_parent = _real_path(path.parent)
+    except OSError as exc:
+        raise SysfsError(f"cannot resolve {path.parent}: {_reason(exc)}") from exc
+    if not real_parent.is_relative_to(_real_root(dev_root)):
         raise SysfsError(f"{path} lies outside {dev_root}; ignored")
     return str(path)
 
