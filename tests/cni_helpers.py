@@ -235,30 +235,6 @@ def run_reference(plugin: str, env: Mapping[str, str], conf: Mapping[str, Any]) 
 # --- debris ------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HostSnapshot:
-    """The host's links, addresses and routes, to compare before and after a scenario."""
-
-    links: frozenset[str]
-    addresses: frozenset[str]
-    routes: frozenset[str]
-
-
-def host_snapshot(ignore: Callable[[str], bool] = lambda name: False) -> HostSnapshot:
-    """Only names a test can have created (veth*, and anything `ignore` does not exclude) matter; other engineers'
-    links come and go concurrently, so compare with `assert_no_new_debris` which looks at our own names."""
-    links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout)
-    addrs = json.loads(subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True).stdout)
-    routes = subprocess.run(["ip", "-d", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    return HostSnapshot(
-        links=frozenset(link["ifname"] for link in links if not ignore(link["ifname"])),
-        addresses=frozenset(
-            f"{a['local']}/{a['prefixlen']}" for e in addrs for a in e.get("addr_info", []) if not ignore(e["ifname"])
-        ),
-        routes=frozenset(routes.splitlines()),
-    )
-
-
 def host_links_with(names: set[str]) -> set[str]:
     """Which of `names` exist as links in the host netns."""
     links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout)
@@ -344,12 +320,6 @@ def assert_no_debris(scenario: Scenario, host_names: set[str] = frozenset(), sub
     if subnet:
         assert host_mentions(subnet) == [], "host addresses or routes left behind"
     assert reservation_files(scenario.data_dir) == [], "IPAM reservations left behind"
-
-
-def host_veths() -> set[str]:
-    """Names of host links that look like ours (`veth` + 8 hex): compare before and after to find leaks."""
-    links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout)
-    return {link["ifname"] for link in links if link["ifname"].startswith("veth") and len(link["ifname"]) == 12}
 
 
 def subnet_text(net: ipaddress.IPv4Network) -> str:
