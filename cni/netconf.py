@@ -166,7 +166,8 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
     mtu = _int(raw, "mtu", 0, 65535)
     if runtime.get("mtu") is not None:
         mtu = _int(runtime, "mtu", 0, 65535)
-    # MAC precedence is the reference bridge's: CNI_ARGS MAC=, then args.cni.mac, then runtimeConfig.mac.
+    # MAC precedence is the reference bridge's: CNI_ARGS MAC=, then args.cni.mac, then runtimeConfig.mac; then the
+    # config's own `mac` (a reference macvlan option).
     mac = ""
     if req.args.get("MAC"):
         mac = _mac(req.args["MAC"], "CNI_ARGS MAC")
@@ -174,6 +175,8 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
         mac = _mac(cni_args["mac"], "args.cni.mac")
     elif runtime.get("mac"):
         mac = _mac(runtime["mac"], "runtimeConfig.mac")
+    elif raw.get("mac"):
+        mac = _mac(raw["mac"], "mac")  # the reference macvlan's own option, the weakest source
     ipam = raw.get("ipam")
     if ipam is not None and (not isinstance(ipam, Mapping) or not isinstance(ipam.get("type"), str)):
         raise CniError(INVALID_CONFIG, f"ipam: expected an object with a string 'type', got {ipam!r}")

@@ -4,6 +4,7 @@ other end sits in a "router" namespace holding the gateway address."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from cni_helpers import (
     cni_env,
     ping,
     random_subnet,
+    random_subnet6,
     reservation_files,
     run_vnfio,
 )
@@ -190,4 +192,40 @@ def test_del_after_the_netns_is_gone_releases_the_address(world: Scenario, segme
     assert reservation_files(world.data_dir)
     ns.close()
     assert run_vnfio(cni_env("DEL", "pod-a", ns.path), {**conf, "prevResult": added.json}).code == 0
+    assert_no_debris(world)
+
+
+def test_dual_stack_waits_for_duplicate_address_detection(world: Scenario, segment: Segment) -> None:
+    """DAD stays on for macvlan (the pod shares the master's segment): with an IPv6 gateway, ADD returns only once
+    the addresses are no longer tentative, so the pod can use them right away."""
+    subnet6 = random_subnet6()
+    gateway6 = str(subnet6.network_address + 1)
+    far_end = next(name for name in segment.router.links() if name != "lo")
+    segment.router.ip("addr", "add", f"{gateway6}/64", "dev", far_end, "nodad")
+    conf = _conf(world, segment, mac="0a:58:00:00:00:01")
+    conf["ipam"] = world.host_local(str(segment.subnet), str(subnet6))
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path, args="MAC=0a:58:0a:0b:0c:0d"), conf)
+    assert added.code == 0, added.out
+    v6 = added.json["ips"][1]["address"]
+    assert added.json["ips"][1]["gateway"] == gateway6
+    addr_info = json.loads(ns.ip("-j", "-6", "addr", "show", "dev", "eth0").stdout)[0]["addr_info"]
+    mine = [a for a in addr_info if f"{a['local']}/{a['prefixlen']}" == v6]
+    assert mine and not mine[0].get("tentative")
+    assert ns.links()["eth0"]["address"] == "0a:58:0a:0b:0c:0d"  # CNI_ARGS MAC wins over the config's `mac`
+    assert ping(ns, gateway6)
+    assert ping(ns, segment.gateway)
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
+    assert_no_debris(world)
+
+
+def test_the_configs_own_mac(world: Scenario, segment: Segment) -> None:
+    conf = _conf(world, segment, mac="0A:58:00:00:00:01")
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    assert ns.links()["eth0"]["address"] == "0a:58:00:00:00:01"
+    assert added.json["interfaces"][0]["mac"] == "0a:58:00:00:00:01"
+    assert run_vnfio(cni_env("CHECK", "pod-a", ns.path), {**conf, "prevResult": added.json}).code == 0
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
     assert_no_debris(world)
