@@ -328,14 +328,75 @@ def floor(argv: list[str], count: int = 30) -> float:
     return statistics.median(times)
 
 
+# --- where the time goes ------------------------------------------------------------------------------------------
+
+
+def transport_cost(bundle_path: Path, machine: Machine, count: int = 40) -> float:
+    """p50 ms of an exec of our executable whose request a do-nothing daemon answers: client start + socket."""
+    import threading
+
+    from cni.daemon import CniDaemon
+
+    sock = machine.temp_dir("noop") / "cni.sock"
+    noop = CniDaemon(sock, workers=2, execute=lambda env, stdin, netns_fd=None: (0, ""))
+    noop.bind()
+    serving = threading.Thread(target=noop.serve, daemon=True)
+    serving.start()
+    try:
+        env = {"PATH": HOST_PATH, "CNI_COMMAND": "DEL", "CNI_CONTAINERID": "noop", "CNI_IFNAME": "eth0",
+               "CNI_PATH": str(REFERENCE_DIR), "VNFIO_CNI_SOCKET": str(sock)}
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            subprocess.run([str(bundle_path)], input=b"{}", env=env, capture_output=True, check=True)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+    finally:
+        noop.stop()
+        serving.join(10)
+
+
+def warm_execute(mode: str, machine: Machine, namespaces: Sequence[str], used: set[int]) -> dict[str, float]:
+    """p50 ms of `cni.skel.execute` itself, warm, in this process: the daemon's share of an op."""
+    from cni.daemon import warm_up
+
+    warm_up()
+    from cni.skel import execute
+
+    data_dir = machine.temp_dir("ipam")
+    conf = make_conf(mode, True, f"warm-{mode}-{machine.tag}", pick_subnet(used), data_dir, machine)
+    results: dict[str, Any] = {}
+    times: dict[str, list[float]] = {op: [] for op in OPS}
+    for op in OPS:
+        for netns in namespaces:
+            env = {"CNI_COMMAND": op, "CNI_CONTAINERID": f"warm-{netns}", "CNI_NETNS": f"/run/netns/{netns}",
+                   "CNI_IFNAME": "eth0", "CNI_PATH": str(REFERENCE_DIR)}
+            stdin = json.dumps(conf if op == "ADD" else {**conf, "prevResult": results[netns]}).encode()
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                t0 = time.perf_counter()
+                code, out = execute(env, stdin, netns_fd=fd)
+                times[op].append((time.perf_counter() - t0) * 1e3)
+            finally:
+                os.close(fd)
+            if code != 0:
+                raise BenchError(f"in-process execute {mode} {op} {netns}: {out.strip()}")
+            if op == "ADD":
+                results[netns] = json.loads(out)
+    if reservations(data_dir):
+        raise BenchError(f"warm execute {mode}: reservations left after DEL")
+    return {op: statistics.median(values) for op, values in times.items()}
+
+
 # --- main ---------------------------------------------------------------------------------------------------------
 
 
-def start_daemon(machine: Machine, workers: int) -> Path:
+def start_daemon(machine: Machine, workers: int, processes: int | None) -> Path:
     sock = machine.temp_dir("sock") / "cni.sock"
     daemon = Path(sys.executable).parent / "vnfio-cni-daemon"
     argv = [str(daemon)] if daemon.exists() else [sys.executable, "-c", "from cni.daemon import main; main()"]
-    proc = subprocess.Popen([*argv, "--socket", str(sock), "--workers", str(workers), "--log-level", "WARNING"])
+    extra = [] if processes is None else ["--processes", str(processes)]
+    proc = subprocess.Popen([*argv, "--socket", str(sock), "--workers", str(workers), "--log-level", "WARNING", *extra])
     machine.daemons.append(proc)
     deadline = time.monotonic() + 60
     while True:
@@ -367,20 +428,24 @@ def build_bundle(machine: Machine, python: str) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", "--pods", type=int, default=500, help="pods per mode and implementation (default 500)")
-    parser.add_argument("-p", "--workers", type=int, default=8, help="parallel workers (default 8)")
+    parser.add_argument("-n", "--pods", type=int, help="pods per mode and implementation (default 500; quick 20)")
+    parser.add_argument("-p", "--workers", type=int, help="parallel workers (default 8; quick 4)")
     parser.add_argument("--modes", default="bridge,macvlan,veth", help="comma-separated (default: all three)")
-    parser.add_argument("--in-process-pods", type=int, default=20,
-                        help="pods for the in-process (no daemon) figures, serial only (default 20; 0 skips)")
+    parser.add_argument("--in-process-pods", type=int,
+                        help="pods for the in-process (no daemon) figures, serial only (default 20; quick 5; 0 skips)")
     parser.add_argument("--no-parallel", action="store_true", help="skip the P-worker phases")
     parser.add_argument("--daemon-workers", type=int, default=8, help="vnfio-cni-daemon --workers (default 8)")
+    parser.add_argument("--daemon-processes", type=int, help="vnfio-cni-daemon --processes (default: its own)")
+    parser.add_argument("--no-breakdown", action="store_true",
+                        help="skip the cost breakdown (client exec + transport, warm execute in-process)")
     host_python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     parser.add_argument("--python", default=host_python,
                         help="the host python3 the bundled executable runs with (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 pods, 4 workers, 5 in-process pods")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.pods, args.workers, args.in_process_pods = 20, 4, 5
+    for key, normal, quick in (("pods", 500, 20), ("workers", 8, 4), ("in_process_pods", 20, 5)):
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else normal)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - set(REFERENCE_PLUGIN)
     if unknown:
@@ -398,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with interruptible():
             bundle_path = build_bundle(machine, args.python)
-            sock = start_daemon(machine, args.daemon_workers)
+            sock = start_daemon(machine, args.daemon_workers, args.daemon_processes)
             lines.append(f"vnfio CNI benchmark: N={args.pods} pods per mode, P={args.workers} workers, "
                          f"{os.cpu_count()} CPUs, kernel {os.uname().release}, bundle #!{args.python}")
             floors = [f"/bin/true {floor(['/bin/true']):.2f}",
@@ -408,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines.append("exec floors, p50 ms: " + ", ".join(floors))
             namespaces = machine.make_namespaces(2 * args.pods)
             used: set[int] = set()
+            breakdown: list[str] = []
             for mode in modes:
                 runs = []
                 if have_reference:
@@ -436,6 +502,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"[{mode}] in-process, {args.in_process_pods} pods ...", file=sys.stderr, flush=True)
                     serial_interleaved([inproc], args.in_process_pods)
                 lines += report(mode, runs, inproc, args)
+                if not args.no_breakdown:
+                    warm = warm_execute(mode, machine, namespaces[: min(args.pods, 30)], used)
+                    breakdown.append(f"  {mode:<8} warm execute in-process (the daemon's share): "
+                                     + ", ".join(f"{op} {warm[op]:.1f}" for op in OPS))
+            if not args.no_breakdown:
+                lines += ["", "== where our time goes (p50 ms) ==",
+                          f"  client exec + socket round trip to a do-nothing daemon: "
+                          f"{transport_cost(bundle_path, machine):.1f}", *breakdown]
     except BenchError as exc:
         print("\n".join(lines), flush=True)
         print(f"FAILED: {exc}", file=sys.stderr)
@@ -474,6 +548,15 @@ def report(mode: str, runs: list[Run], inproc: Run | None, args: argparse.Namesp
             ratio += [f"P={args.workers} {op} ops/s {ours.parallel[op].ops_per_s / ref.parallel[op].ops_per_s:.2f}"
                       for op in ("ADD", "DEL")]
         out.append("  ours/reference: " + ", ".join(ratio))
+        verdicts = [("serial ADD p50 <= 1.0x", ours.serial["ADD"].pct(0.5) <= ref.serial["ADD"].pct(0.5)),
+                    ("serial DEL p50 <= 1.0x", ours.serial["DEL"].pct(0.5) <= ref.serial["DEL"].pct(0.5))]
+        if not args.no_parallel:
+            verdicts += [(f"P={args.workers} {op} ops/s >= 1.0x",
+                          ours.parallel[op].ops_per_s >= ref.parallel[op].ops_per_s) for op in ("ADD", "DEL")]
+        g = growth(ours.serial["ADD"])
+        if g is not None:
+            verdicts.append(("growth <= 1.2", g <= 1.2))
+        out.append("  targets: " + ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in verdicts))
     return out
 
 
