@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cni.errors import INTERNAL, UNSUPPORTED_FIELD, CniError
+from cni.netns import write_sysctl
 from cni.result import IPConfig, Route
 
 if TYPE_CHECKING:
@@ -170,6 +171,8 @@ def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filter
             created = link_state_by_name(host, name)
             if created is not None:
                 host.link("set", index=created.index, address=created.mac)
+            # Like the reference: the bridge must not configure itself from router advertisements of pods.
+            write_sysctl(f"net/ipv6/conf/{name}/accept_ra", "0", missing_ok=True)
         state = link_state_by_name(host, name)
         if state is None:
             raise CniError(INTERNAL, f"bridge {name!r} vanished right after creation")

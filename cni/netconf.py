@@ -33,6 +33,7 @@ class BridgeOptions:
     promisc_mode: bool = False
     vlan: int = 0
     macspoofchk: bool = False
+    enable_dad: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ def _bridge_options(raw: Mapping[str, Any]) -> BridgeOptions:
         promisc_mode=_bool(raw, "promiscMode"),
         vlan=_int(raw, "vlan", 0, 4094),
         macspoofchk=_bool(raw, "macspoofchk"),
+        enable_dad=_bool(raw, "enabledad"),
     )
     if opts.hairpin_mode and opts.promisc_mode:
         raise CniError(INVALID_CONFIG, "hairpinMode: true cannot be combined with promiscMode: true")

@@ -122,6 +122,7 @@ def test_port_options_mtu_and_hairpin(world: Scenario) -> None:
     assert _link(host_veth)["mtu"] == 1400
     assert ns.links()["eth0"]["mtu"] == 1400
     assert Path(f"/sys/class/net/{host_veth}/brport/hairpin_mode").read_text().strip() == "1"
+    assert Path(f"/proc/sys/net/ipv6/conf/{bridge}/accept_ra").read_text().strip() == "0"
     assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
     assert_no_debris(world)
 
@@ -347,4 +348,20 @@ def test_macspoofchk_drops_frames_from_another_mac(world: Scenario) -> None:
     b.close()  # the rule goes even when the netns is already gone
     assert run_vnfio(cni_env("DEL", "pod-b", b.path), conf).code == 0
     assert f"vnfio:{network}:" not in _spoofchk_rules()
+    assert_no_debris(world)
+
+
+def test_enabledad_keeps_dad_on_and_waits_for_it(world: Scenario) -> None:
+    bridge = world.link_name("br")
+    subnet6 = random_subnet6()
+    conf = _conf(world, bridge, str(random_subnet()), str(subnet6), isGateway=True, enabledad=True)
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    v6 = added.json["ips"][1]["address"]
+    addr_info = json.loads(ns.ip("-j", "-6", "addr", "show", "dev", "eth0").stdout)[0]["addr_info"]
+    mine = [a for a in addr_info if f"{a['local']}/{a['prefixlen']}" == v6]
+    assert mine and not mine[0].get("tentative") and not mine[0].get("nodad")
+    assert ping(ns, added.json["ips"][1]["gateway"])
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
     assert_no_debris(world)

@@ -26,6 +26,7 @@ from cni.links import (
     link_state,
     link_state_by_name,
     setup_veth,
+    wait_addresses_settled,
     wait_oper_up,
 )
 from cni.modes import (
@@ -101,8 +102,11 @@ def _configure(call: Call, host: IPRoute, pod: IPRoute, bridge: int, host_port: 
         ipam = replace(ipam, routes=tuple(routes))
     fams = families(ipam)
     run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams))
-    # The reference bridge turns DAD off in the pod (accept_dad=0); NODAD on each address does the same per address.
-    configure_iface(pod, pod_state.index, ipam.ips, ipam.routes, nodad=True)
+    # The reference bridge turns DAD off in the pod (accept_dad=0) unless `enabledad`; NODAD on each address does
+    # the same per address. With DAD on, wait until the addresses are usable, as the reference does.
+    configure_iface(pod, pod_state.index, ipam.ips, ipam.routes, nodad=not opts.enable_dad)
+    if opts.enable_dad and any(ip.family == 6 and ip.gateway for ip in ipam.ips):
+        wait_addresses_settled(pod, pod_state.index)
     if opts.is_gateway and ipam.ips:
         for ip in ipam.ips:
             _ensure_gateway_address(host, bridge, ip, opts.force_address)
