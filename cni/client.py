@@ -8,7 +8,7 @@ back. The wire format lives here, on the side that must stay light; the daemon i
 Wire format (a unix stream socket, one request per connection):
 
     client -> daemon  MAGIC, u32 env length, u32 stdin length, env ("K=V" joined by NUL), stdin;
-                      the opened pod netns rides along as SCM_RIGHTS (none when CNI_NETNS is unset or unopenable)
+                      the opened pod netns rides along as SCM_RIGHTS (none when CNI_NETNS is unset or absent)
     daemon -> client  ACCEPTED, or REFUSED + u32 length + message
     client -> daemon  GO
     daemon -> client  u32 exit code, u32 stdout length, stdout
@@ -141,17 +141,22 @@ def _write_stdout(data: bytes) -> None:
         view = view[posix.write(1, view) :]
 
 
-def _open_netns(path: bytes | None) -> int | None:
-    """The pod netns, opened here so the daemon needs neither hostPID nor our mount namespace.
+def _open_netns(path: bytes | None) -> tuple[int | None, bool]:
+    """The pod netns, opened here so the daemon needs neither hostPID nor our mount namespace; and whether the
+    daemon may take the request.
 
-    Unset or unopenable: send none, and the skeleton decides what that means (DEL without netns succeeds).
+    Unset or absent: no fd, and the skeleton decides what that means (DEL succeeds, ADD fails with code 3), the
+    same in the daemon as here. Present but unopenable (permissions, not a file...): the daemon must not guess
+    from its own view of that path, so the skeleton reports it here, in-process.
     """
     if not path:
-        return None
+        return None, True
     try:
-        return posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+        return posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC), True
+    except FileNotFoundError:
+        return None, True
     except OSError:
-        return None
+        return None, False
 
 
 def in_process(stdin: bytes, netns_fd: int | None, archive: str | None = None) -> tuple[int, bytes]:
@@ -183,7 +188,7 @@ def run(command: str, archive: str | None = None) -> int:
     """
     environ = posix.environ
     stdin = _read_stdin()
-    netns_fd = _open_netns(environ.get(b"CNI_NETNS"))
+    netns_fd, forwardable = _open_netns(environ.get(b"CNI_NETNS"))
     try:
         socket_path = environ.get(SOCKET_ENV.encode(), b"").decode() or DEFAULT_SOCKET
         try:
@@ -191,6 +196,8 @@ def run(command: str, archive: str | None = None) -> int:
         except ValueError:
             timeout = DEFAULT_TIMEOUT
         try:
+            if not forwardable:
+                raise NotForwarded("CNI_NETNS exists but cannot be opened here")
             code, out = forward(environ, stdin, netns_fd, socket_path, timeout)
         except NotForwarded as exc:
             if isinstance(exc, Refused):

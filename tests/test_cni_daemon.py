@@ -186,17 +186,22 @@ def test_daemon_and_in_process_give_the_same_results(world: Scenario, daemon: Da
     assert_no_debris(world, host_names)
 
 
-def test_errors_are_the_same_through_the_daemon(world: Scenario, daemon: DaemonProcess) -> None:
+def test_errors_are_the_same_through_the_daemon(world: Scenario, daemon: DaemonProcess, tmp_path: Path) -> None:
     conf = _conf(world, "veth", str(random_subnet()))
     missing = f"/run/netns/vnfio-absent-{world.tag}"
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)  # exists, cannot be opened (ELOOP): the client does not forward it
     for env, stdin_conf in [
         (cni_env("ADD", "c1", missing), conf),  # no such netns: code 3
+        (cni_env("DEL", "c1", missing), conf),  # DEL succeeds without its netns
+        (cni_env("ADD", "c1", str(loop)), conf),  # unopenable: code 8
+        (cni_env("ADD", "c1", str(tmp_path)), conf),  # a directory, not a netns: code 8
         (cni_env("ADD", "c1", world.netns().path, ifname="x" * 16), conf),  # bad ifname: code 4
         (cni_env("ADD", "c1", world.netns().path), {**conf, "mode": "tunnel"}),  # unknown mode
     ]:
         via_daemon = vnfio(env, stdin_conf, daemon.socket)
         in_process = vnfio(env, stdin_conf, daemon.socket.with_name("absent.sock"))
-        assert via_daemon.code != 0
+        assert via_daemon.code != 0 or env["CNI_COMMAND"] == "DEL"
         assert (via_daemon.code, via_daemon.json) == (in_process.code, in_process.json)
     assert reservation_files(world.data_dir) == []
 
