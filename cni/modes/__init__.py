@@ -165,15 +165,19 @@ def enable_forwarding(fams: set[int]) -> None:
         write_sysctl("net/ipv6/conf/all/forwarding", "1")
 
 
-def pod_sysctls(ifname: str, fams: set[int], ndisc_notify: bool = False) -> None:
-    """Run inside the pod: announce the new MAC with `arp_notify` (which replaced gratuitous ARP in the reference),
-    and make sure IPv6 is enabled on lo and the interface when it carries IPv6."""
+def pod_sysctls(ifname: str, fams: set[int], ndisc_notify: bool = False, dad: bool = True) -> None:
+    """Run inside the pod, before the link goes up: announce the new MAC with `arp_notify` (which replaced
+    gratuitous ARP in the reference), make sure IPv6 is enabled on lo and the interface when it carries IPv6, and
+    without `dad` turn DAD off for the interface (`accept_dad=0`, as the reference bridge does): that covers the
+    link-local address too, which would otherwise stay tentative for a second and stall the first packets."""
     from cni.netns import write_sysctl
 
     write_sysctl(f"net/ipv4/conf/{ifname}/arp_notify", "1", missing_ok=True)
     if 6 in fams:
         write_sysctl("net/ipv6/conf/lo/disable_ipv6", "0", missing_ok=True)
         write_sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0", missing_ok=True)
+        if not dad:
+            write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0", missing_ok=True)
         if ndisc_notify:
             write_sysctl(f"net/ipv6/conf/{ifname}/ndisc_notify", "1", missing_ok=True)
 

@@ -101,7 +101,7 @@ def _configure(call: Call, host: IPRoute, pod: IPRoute, bridge: int, host_port: 
                 routes.append(Route(dst=default, gw=ip.gateway))
         ipam = replace(ipam, routes=tuple(routes))
     fams = families(ipam)
-    run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams))
+    run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams, dad=opts.enable_dad))
     # The reference bridge turns DAD off in the pod (accept_dad=0) unless `enabledad`; NODAD on each address does
     # the same per address. With DAD on, wait until the addresses are usable, as the reference does.
     configure_iface(pod, pod_state.index, ipam.ips, ipam.routes, nodad=not opts.enable_dad)

@@ -39,7 +39,7 @@ from cni.modes import (
     pod_sysctls,
     prev_container_iface,
 )
-from cni.netns import host_netlink, netlink_in, run_in_netns
+from cni.netns import host_netlink, netlink_in, run_in_netns, write_sysctl
 from cni.result import Interface, IPConfig, Result
 
 if TYPE_CHECKING:
@@ -81,7 +81,10 @@ def _wire(call: Call, host: IPRoute, pod: IPRoute, host_name: str, ipam: Result,
     if pod_state is None or host_state is None:
         raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
     pod_link, host_link = pod_state.index, host_state.index
-    run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams))
+    run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams, dad=False))
+    if 6 in fams:
+        # The host end routes for the pod: its link-local must not sit in DAD while the first packets arrive.
+        write_sysctl(f"net/ipv6/conf/{host_name}/accept_dad", "0", missing_ok=True)
     for ip in ipam.ips:
         # No connected subnet route: every destination, the subnet included, goes through the gateway.
         add_address(pod, pod_link, ip.address, nodad=True, noprefixroute=True)
