@@ -20,6 +20,7 @@ is still a valid zipapp, so `python3 -I /opt/cni/bin/vnfio` works too (that is h
 """
 
 from __future__ import annotations
+import __future__
 
 import argparse
 import importlib.util
@@ -32,6 +33,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import CodeType
 
 DEFAULT_PYTHON = "/usr/bin/python3"
 PACKAGES = ("cni", "pyroute2")  # pyroute2 is pure Python and has no dependencies of its own
@@ -162,11 +164,20 @@ def shebang(python: str, offset: int, size: int) -> bytes:
     return line
 
 
+def _compile_thin(source: bytes) -> CodeType:
+    """The client's bytecode. The future import becomes a compiler flag: as a statement it would also import the
+    `__future__` module on every exec (~0.2 ms), for nothing."""
+    future = b"from __future__ import annotations\n"
+    if future in source:
+        source = source.replace(future, b"", 1)
+    return compile(source, "vnfio/cni/client.py", "exec", flags=__future__.annotations.compiler_flag, dont_inherit=True)
+
+
 def build(python: str = DEFAULT_PYTHON, cache_tag: str | None = None) -> bytes:
     """The whole executable. Its bytecode is used by interpreters whose `sys.implementation.cache_tag` is
     `cache_tag` (default: this interpreter's, which compiled it); others compile the source."""
     source = thin_code()
-    code = marshal.dumps(compile(source, "vnfio/cni/client.py", "exec", dont_inherit=True))
+    code = marshal.dumps(_compile_thin(source))
     # Each part records the offsets of the next ones, which depend on its own length: iterate to the fixed point.
     line = stage2 = b""
     while True:
