@@ -8,7 +8,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,10 @@ IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
 SCOPE_LINK = 253
 _MAIN_TABLE = 254
+_SOL_NETLINK = 270
+_NETLINK_GET_STRICT_CHK = 12
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
 
 
 @dataclass(frozen=True)
@@ -306,6 +312,42 @@ def configure_iface(ipr: IPRoute, index: int, ips: Iterable[IPConfig], routes: S
         family = ipaddress.ip_network(route.dst, strict=False).version
         gw = route.gw or gateways.get(family, "")
         add_route(ipr, index, route.dst, gw, scope=route.scope, extra=route)
+
+
+def host_addresses(index: int, family: int = 0) -> set[str]:
+    """The addresses of link `index` in the calling thread's netns (the host), as normalised CIDRs.
+
+    pyroute2's `get_addr(index=...)` dumps every address of the namespace and filters in Python: on a host with
+    hundreds of pod veths that is ~40 ms. A dump request carrying the index on a NETLINK_GET_STRICT_CHK socket is
+    filtered by the kernel instead.
+    """
+    from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl import RTM_GETADDR
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+    request = ifaddrmsg()
+    request["header"]["type"] = RTM_GETADDR
+    request["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+    request["header"]["sequence_number"] = 1
+    request["family"] = family
+    request["index"] = index
+    request.encode()
+    found: set[str] = set()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as sock:
+        sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
+        sock.bind((0, 0))
+        sock.send(request.data)
+        marshal = MarshalRtnl()
+        while True:
+            for msg in marshal.parse(sock.recv(65536)):
+                kind = msg["header"]["type"]
+                if kind == _NLMSG_DONE:
+                    return found
+                if kind == _NLMSG_ERROR:
+                    code = abs(msg["header"].get("error") or 0)
+                    raise CniError(INTERNAL, f"failed to list the addresses of link {index}: {os.strerror(code)}")
+                found.add(str(ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")))
 
 
 def addresses(ipr: IPRoute, index: int) -> set[str]:

@@ -16,12 +16,12 @@ from cni.errors import INTERNAL, CniError
 from cni.links import (
     LinkState,
     add_address,
-    addresses,
     attach_port,
     configure_iface,
     del_link_by_name,
     del_link_quietly,
     ensure_bridge,
+    host_addresses,
     link_index,
     link_state,
     link_state_by_name,
@@ -133,8 +133,8 @@ def _ensure_gateway_address(host: IPRoute, bridge: int, ip: IPConfig, force: boo
         return  # already there
     family = 2 if wanted.version == 4 else 10
     conflicts = []
-    for a in host.get_addr(index=bridge, family=family):
-        have = ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+    for cidr in host_addresses(bridge, family):
+        have = ipaddress.ip_interface(cidr)
         if have == wanted or have.is_link_local:
             continue
         if wanted.version == 4 or have.network.overlaps(wanted.network):
@@ -187,7 +187,7 @@ def cmd_check(call: Call) -> None:
         if not peer or link_state(host, peer).master != bridge:
             raise CniError(INTERNAL, f"CHECK: the host end of {call.req.ifname!r} is not a port of {opts.bridge!r}")
         if opts.is_gateway:
-            have = addresses(host, bridge)
+            have = host_addresses(bridge)
             for ip in prev.ips:
                 if ip.interface == index and ip.gateway:
                     wanted = f"{ip.gateway}/{ipaddress.ip_interface(ip.address).network.prefixlen}"
