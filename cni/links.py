@@ -227,18 +227,15 @@ def wait_oper_up(ipr: IPRoute, index: int, timeout: float = 5.0) -> LinkState:
         pause = min(0.05, pause * 2 or 0.001)
 
 
-def del_link_by_name(ipr: IPRoute, name: str) -> list[str]:
-    """Delete link `name`; returns the CIDRs it had, or [] when it did not exist (DEL must tolerate that)."""
-    index = link_index(ipr, name)
-    if index is None:
-        return []
-    addrs = [f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=index)]
+def del_link_by_name(ipr: IPRoute, name: str) -> bool:
+    """Delete link `name` in one request; False when it did not exist (DEL must tolerate that)."""
     try:
-        ipr.link("del", index=index)
+        ipr.link("del", ifname=name)
     except Exception as exc:
-        if _netlink_errno(exc) != errno.ENODEV:
-            raise CniError(INTERNAL, f"failed to delete link {name!r}: {exc}") from exc
-    return addrs
+        if _netlink_errno(exc) == errno.ENODEV:
+            return False
+        raise CniError(INTERNAL, f"failed to delete link {name!r}: {exc}") from exc
+    return True
 
 
 def del_link_quietly(ipr: IPRoute, name: str) -> None:
