@@ -50,21 +50,35 @@ def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -
         return _run(req, raw, netns_fd)
     except CniError as exc:
         log.info("CNI %s failed: code %d: %s", env.get("CNI_COMMAND", ""), exc.code, exc.msg)
-        return 1, exc.to_json(version)
+        return 1, exc.to_json(_error_version(stdin, version))
     except Exception as exc:
         log.exception("CNI %s failed unexpectedly", env.get("CNI_COMMAND", ""))
         return 1, CniError(INTERNAL, f"internal error: {exc}").to_json(version)
 
 
-def _version_answer(stdin: bytes) -> dict[str, Any]:
-    answer = version_info()
+def _stdin_version(stdin: bytes) -> str | None:
     try:
         given = json.loads(stdin or b"{}").get("cniVersion")
     except (ValueError, AttributeError):
-        given = None
+        return None
+    return given if isinstance(given, str) and given else None
+
+
+def _version_answer(stdin: bytes) -> dict[str, Any]:
+    answer = version_info()
+    given = _stdin_version(stdin)
     if given:
         answer["cniVersion"] = given
     return answer
+
+
+def _error_version(stdin: bytes, known: str) -> str:
+    """The version to print an error at: the config's when it is one we speak (also for errors found before the
+    config was read, such as a bad environment), else the newest."""
+    if known != CURRENT:
+        return known
+    given = _stdin_version(stdin)
+    return given if given in SUPPORTED else CURRENT
 
 
 def _decode(stdin: bytes) -> Any:

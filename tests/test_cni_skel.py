@@ -96,6 +96,12 @@ def test_an_invalid_variable_is_code_4_naming_it(world: Scenario, variable: str,
     assert_no_debris(world)
 
 
+def test_an_environment_error_is_printed_at_the_configs_version(world: Scenario) -> None:
+    out = run_vnfio({"CNI_COMMAND": "ADD"}, _conf(world, "0.4.0"))
+    assert out.error_code == 4
+    assert out.json["cniVersion"] == "0.4.0"
+
+
 def test_del_does_not_need_a_netns(world: Scenario) -> None:
     env = cni_env("DEL", "ctr1")
     assert run_vnfio(env, _conf(world)).code == 0
