@@ -202,27 +202,31 @@ def _no_vlan_filtering() -> CniError:
     return CniError(UNSUPPORTED_FIELD, "vlan: this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)")
 
 
-def attach_port(host: IPRoute, port: int, bridge: int, hairpin: bool, vlan: int) -> None:
-    """Enslave `port` to `bridge` and bring it up, then set hairpin and the access VLAN."""
-    host.link("set", index=port, master=bridge, state="up")
+def attach_port(host: IPRoute, port: str, bridge: int, hairpin: bool, vlan: int) -> None:
+    """Enslave link `port` to `bridge` and bring it up (one request, by name), then set hairpin and the access
+    VLAN."""
+    host.link("set", ifname=port, master=bridge, state="up")
     if hairpin:
-        host.brport("set", index=port, mode=1)  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN
+        host.brport("set", index=link_index(host, port), mode=1)  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN
     if vlan:
         # Access port: untagged PVID `vlan` instead of the kernel's default VLAN 1.
-        host.vlan_filter("add", index=port, vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
-        host.vlan_filter("del", index=port, vlan_info={"vid": 1})
+        index = link_index(host, port)
+        host.vlan_filter("add", index=index, vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
+        host.vlan_filter("del", index=index, vlan_info={"vid": 1})
 
 
-def wait_oper_up(ipr: IPRoute, index: int, timeout: float = 5.0) -> LinkState:
-    """Poll netlink until the link's operstate is UP (a bridge port forwards), backing off from 0 to 50 ms."""
+def wait_oper_up(ipr: IPRoute, name: str, timeout: float = 5.0) -> LinkState:
+    """Poll netlink until link `name`'s operstate is UP (a bridge port forwards), backing off from 0 to 50 ms."""
     deadline = time.monotonic() + timeout
     pause = 0.0
     while True:
-        state = link_state(ipr, index)
+        state = link_state_by_name(ipr, name)
+        if state is None:
+            raise CniError(INTERNAL, f"link {name!r} vanished while waiting for it to come up")
         if state.operstate == "UP":
             return state
         if time.monotonic() >= deadline:
-            raise CniError(INTERNAL, f"link {state.name!r} did not come up within {timeout:g}s ({state.operstate})")
+            raise CniError(INTERNAL, f"link {name!r} did not come up within {timeout:g}s ({state.operstate})")
         time.sleep(pause)
         pause = min(0.05, pause * 2 or 0.001)
 

@@ -62,14 +62,13 @@ def cmd_add(call: Call) -> Result:
         bridge = ensure_bridge(host, opts.bridge, conf.mtu, opts.promisc_mode, vlan_filtering=bool(opts.vlan))
         host_name = setup_veth(host, pod, call.netns_fd, req.ifname, conf.mtu, conf.mac)
         try:
-            host_port = link_state_by_name(host, host_name)
             pod_link = link_state_by_name(pod, req.ifname)
-            if host_port is None or pod_link is None:
+            if pod_link is None:
                 raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
-            attach_port(host, host_port.index, bridge.index, opts.hairpin_mode, opts.vlan)
+            attach_port(host, host_name, bridge.index, opts.hairpin_mode, opts.vlan)
             ipam = ipam_add(call)
             try:
-                result = _configure(call, host, pod, bridge.index, host_port.index, pod_link, ipam)
+                result = _configure(call, host, pod, bridge.index, host_name, pod_link, ipam)
                 masquerade_add(call, ipam.ips)
                 if opts.macspoofchk:
                     macspoofchk.setup(conf.name, req.container_id, req.ifname, host_name, result.interfaces[-1].mac)
@@ -84,7 +83,7 @@ def cmd_add(call: Call) -> Result:
             raise
 
 
-def _configure(call: Call, host: IPRoute, pod: IPRoute, bridge: int, host_port: int, pod_state: LinkState,
+def _configure(call: Call, host: IPRoute, pod: IPRoute, bridge: int, host_port: str, pod_state: LinkState,
                ipam: Result) -> Result:
     req, opts = call.req, call.conf.bridge
     if opts.is_gateway:
