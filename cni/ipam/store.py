@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from cni.errors import INTERNAL, INVALID_CONFIG, INVALID_ENV, TRY_AGAIN, CniError
@@ -113,6 +113,17 @@ def _parse_address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
         return None
 
 
+def _make_dirs(path: str) -> None:
+    """`os.makedirs(path, exist_ok=True)` with every missing level 0755: makedirs gives the levels above the last
+    0777 minus the umask, a world-writable dataDir under the umask 0 some init systems and runtimes run with."""
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent and parent != path and not os.path.isdir(parent):
+        _make_dirs(parent)
+    # Exists already: a directory made by a concurrent ADD, or a file, which the open() after us reports.
+    with suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+
+
 # One mutex per network directory and process: threads of the node daemon queue here (fairly, without
 # polling) and only the winner contends for the flock, which is what excludes other processes.
 _thread_locks: dict[str, threading.Lock] = {}
@@ -135,7 +146,7 @@ class ReservationStore:
     def transaction(self) -> Iterator[Transaction]:
         """Hold the network's lock (in-process mutex, then flock on `lock`) for the body; code 11 on timeout."""
         try:
-            os.makedirs(self.path, mode=0o755, exist_ok=True)
+            _make_dirs(self.path)
             dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise CniError(INTERNAL, f"failed to open IPAM data directory {self.path}: {exc.strerror}") from None
