@@ -121,16 +121,27 @@ def host_netlink() -> IPRoute:
 
 
 def write_sysctl(path: str, value: str, missing_ok: bool = False) -> None:
-    """Write `/proc/sys/<path>` in the current thread's netns (call through `run_in_netns` for a pod)."""
+    """Set `/proc/sys/<path>` in the current thread's netns (call through `run_in_netns` for a pod).
+
+    A value that is already set is not written again, as the reference's `EnableForward` does: in a container
+    `/proc/sys` is mounted read-only, and a node whose forwarding is already on must not fail every ADD for it.
+    With `missing_ok`, a missing or read-only entry is logged and skipped (best-effort pod tuning)."""
+    full = f"/proc/sys/{path}"
     try:
-        with open(f"/proc/sys/{path}", "w") as f:
+        with open(full) as f:
+            if f.read().strip() == value:
+                return
+        with open(full, "w") as f:
             f.write(value)
     except FileNotFoundError:
         if not missing_ok:
             raise
     except OSError as exc:
         if exc.errno == errno.EROFS and missing_ok:
+            log.warning("sysctl %s=%s not set: /proc/sys is read-only here", path, value)
             return
+        if exc.errno == errno.EROFS:
+            raise OSError(exc.errno, f"cannot set sysctl {path}={value}: /proc/sys is read-only here") from exc
         raise
 
 

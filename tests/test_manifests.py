@@ -525,12 +525,6 @@ def _cni_call(executable: Path, socket_path: Path, command: str, netns: str, con
     return done.returncode, done.stdout + done.stderr
 
 
-_FORWARDING_BUG = (
-    "cni.modes.enable_forwarding writes /proc/sys/net/ipv4/ip_forward even when it is already 1; /proc/sys is "
-    "read-only in every non-privileged container, so the daemon fails this ADD (the reference plugins read first)"
-)
-
-
 @pytest.mark.parametrize("mode", ["bridge", "macvlan", "veth", "bridge-gateway"])
 def test_cni_daemon_serves_with_only_the_manifest_capabilities(
     mode: str, confined_daemon: Path, host_executable: Path, tmp_path: Path
@@ -555,8 +549,6 @@ def test_cni_daemon_serves_with_only_the_manifest_capabilities(
             _ip("link", "add", f"{link}m", "type", "veth", "peer", "name", f"{link}p")
             _ip("link", "set", f"{link}m", "up")
         code, out = _cni_call(host_executable, confined_daemon, "ADD", netns, conf)
-        if code != 0 and mode in ("veth", "bridge-gateway") and "Read-only file system" in out:
-            pytest.xfail(_FORWARDING_BUG)
         assert code == 0, out
         result = json.loads(out)
         address = result["ips"][0]["address"].split("/")[0]
