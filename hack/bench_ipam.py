@@ -11,6 +11,7 @@ the holes (the worst case for a round-robin scan). Every phase stops at --max-se
 even on Ctrl-C.
 
     .venv/bin/python hack/bench_ipam.py [-n 2000] [--subnet 10.250.0.0/20] [--max-seconds 240]
+                                        [--only ours-inproc,ref-exec] [--tmpdir /dev/shm]
 """
 
 from __future__ import annotations
@@ -186,24 +187,33 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=240.0, help="time bound of each phase")
     parser.add_argument("--rounds", type=int, default=100, help="interleaved full/empty rounds")
     parser.add_argument("--holes", type=int, default=200, help="ADDs timed in the 90%%-full phase")
-    parser.add_argument("--skip-exec", action="store_true", help="only the in-process implementation")
+    parser.add_argument("--only", default="ours-inproc,ours-exec,ref-exec",
+                        help="comma-separated implementations to run (default: all three)")
+    parser.add_argument("--tmpdir", default=None,
+                        help="where the data directories go (default: $TMPDIR or /tmp; /dev/shm isolates the "
+                             "algorithm from ext4 metadata write-back)")
     args = parser.parse_args()
     if ipaddress.ip_network(args.subnet).num_addresses - 3 < args.n:
         parser.error(f"{args.subnet} cannot hold {args.n} reservations")
 
     # SIGTERM (timeout(1), a CI cancel) unwinds like Ctrl-C, so the finally below still removes the temp dir.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    root = Path(tempfile.mkdtemp(prefix="vnfio-bench-ipam-"))
+    root = Path(tempfile.mkdtemp(prefix="vnfio-bench-ipam-", dir=args.tmpdir))
     try:
         shim = [sys.executable, "-S", "-c", _EXEC_SHIM, str(REPO)]
-        impls: list[tuple[str, Callable[..., Callable[[str, str], None]]]] = [
-            ("ours-inproc", lambda d, net=NETWORK: in_process(d, args.subnet, net))]
-        if not args.skip_exec:
-            impls.append(("ours-exec", lambda d, net=NETWORK: by_exec(shim, d, args.subnet, net)))
-            if REFERENCE.exists():
-                impls.append(("ref-exec", lambda d, net=NETWORK: by_exec([str(REFERENCE)], d, args.subnet, net)))
-            else:
-                print(f"note: {REFERENCE} not installed; no reference figures", file=sys.stderr)
+        available: dict[str, Callable[..., Callable[[str, str], None]]] = {
+            "ours-inproc": lambda d, net=NETWORK: in_process(d, args.subnet, net),
+            "ours-exec": lambda d, net=NETWORK: by_exec(shim, d, args.subnet, net),
+            "ref-exec": lambda d, net=NETWORK: by_exec([str(REFERENCE)], d, args.subnet, net),
+        }
+        wanted = [name.strip() for name in args.only.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in available]
+        if unknown:
+            parser.error(f"unknown implementation {unknown[0]!r}; choose from {', '.join(available)}")
+        if "ref-exec" in wanted and not REFERENCE.exists():
+            print(f"note: {REFERENCE} not installed; no reference figures", file=sys.stderr)
+            wanted.remove("ref-exec")
+        impls = [(name, available[name]) for name in wanted]
         rows: list[Series] = []
         side_by_side: list[Series] = []
         for name, make in impls:
@@ -222,7 +232,8 @@ def main() -> int:
             for cid in cids[len(dels.samples):len(adds.samples)]:  # cut short: release the rest untimed
                 full("DEL", cid)
             rows += [adds, dels]
-        print(f"\nhost-local, {args.n} pods on {args.subnet}, serial (machine: {os.cpu_count()} CPUs, "
+        print(f"\nhost-local, {args.n} pods on {args.subnet}, serial, data in {root.parent} "
+              f"(machine: {os.cpu_count()} CPUs, "
               f"python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f})")
         print_growth(rows)
         print(f"\nThe same, measured side by side: {args.rounds} rounds alternating ADD+DEL on the network holding "
