@@ -7,6 +7,7 @@ reference's work-around for a kernel name clash); DAD stays on, because the pod 
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from cni.errors import INTERNAL, INVALID_CONFIG, CniError
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
+_TEMPORARY_NAME = re.compile(r"^mv[0-9a-f]{8}$")  # what `create_macvlan` names a macvlan before the rename
 
 
 def _master(call: Call, where: IPRoute) -> int:
@@ -100,6 +102,18 @@ def cmd_del(call: Call) -> None:
     if call.netns_fd is not None:
         with netlink_in(call.netns_fd) as pod:
             del_link_by_name(pod, call.req.ifname)
+            _del_orphaned_temporaries(pod)
+
+
+def _del_orphaned_temporaries(pod: IPRoute) -> None:
+    """An ADD killed between creating the macvlan and renaming it left it under its temporary name, which DEL by
+    CNI_IFNAME cannot find. No ADD is running in this pod now (the spec forbids parallel operations on one
+    container), so a macvlan with such a name is debris."""
+    for link in pod.get_links():
+        name = link.get("IFLA_IFNAME") or ""
+        if _TEMPORARY_NAME.match(name) and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "macvlan":
+            log.info("removing macvlan %s left by an interrupted ADD", name)
+            del_link_quietly(pod, name)
 
 
 def cmd_check(call: Call) -> None:
