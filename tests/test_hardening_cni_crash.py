@@ -1,0 +1,374 @@
+"""Crash consistency: SIGKILL at random moments of an ADD, then the runtime's DEL leaves nothing behind.
+
+Two victims, 100 kills each: the plugin doing the work itself (the in-process fallback), and the node daemon
+doing it for a thin client. Kill moments are drawn uniformly over a calibrated ADD duration, so they land before,
+inside and after each step (veth creation, bridge port, IPAM reservation, addresses, routes). After every kill,
+a DEL for that container (through a restarted daemon where the daemon was killed) must succeed and leave no link
+in the pod or on the bridge, no reservation, and no IPAM lock held; every tenth kill, a fresh ADD must succeed.
+
+Most kills hit warm processes forked from this one (the same `cni.skel.execute` and `CniDaemon` code, without
+paying an interpreter start per kill); ten of each kind hit the installed `vnfio` and `vnfio-cni-daemon`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni import client
+from cni.daemon import CniDaemon
+from cni.skel import execute
+from tests.cni_helpers import Netns, Scenario, cni_env, random_subnet, reservation_files
+from tests.test_hardening_cni_socket import NodeDaemon
+
+BIN = Path(sys.executable).parent
+WARM_KILLS = 90
+REAL_KILLS = 10
+FRESH_ADD_EVERY = 10
+MODES = ("bridge", "bridge", "veth", "macvlan")
+KILLS: Counter[str] = Counter()
+
+
+@dataclass
+class CrashWorld:
+    """A few pods reused in turn, one bridge, one macvlan master, one IPAM network (one lock)."""
+
+    scenario: Scenario
+    pods: list[Netns]
+    bridge: str
+    master: str
+    subnet: str
+
+    def conf(self, mode: str) -> dict[str, Any]:
+        conf: dict[str, Any] = {"cniVersion": "1.1.0", "name": f"k{self.scenario.tag}", "type": "vnfio", "mode": mode,
+                                "ipam": self.scenario.host_local(self.subnet)}
+        if mode == "bridge":
+            conf.update(bridge=self.bridge, isGateway=True)
+        if mode == "macvlan":
+            conf.update(master=self.master)
+        return conf
+
+    def attachment(self, n: int) -> tuple[dict[str, str], bytes]:
+        """The env and config of the n-th attachment: its own container ID, a pod and a mode in turn."""
+        env = cni_env("ADD", f"k{self.scenario.tag}-{n}", self.pods[n % len(self.pods)].path)
+        return env, json.dumps(self.conf(MODES[n % len(MODES)])).encode()
+
+    def leftovers(self) -> list[str]:
+        found = [f"pod {pod.name} link {name}" for pod in self.pods for name in pod_links(pod) if name != "lo"]
+        with contextlib.suppress(FileNotFoundError):
+            found += [f"bridge port {port}" for port in os.listdir(f"/sys/class/net/{self.bridge}/brif")]
+        found += [f"reservation {path}" for path in reservation_files(self.scenario.data_dir)]
+        found += [f"lock held: {lock}" for lock in held_locks(self.scenario.data_dir)]
+        return found
+
+
+def pod_links(pod: Netns) -> list[str]:
+    """The pod's link names from procfs, read by a thread inside it (cheaper than `ip` or a netlink dump)."""
+    def read() -> list[str]:
+        with open("/proc/thread-self/net/dev") as f:
+            return [line.split(":")[0].strip() for line in list(f)[2:]]
+    return pod.run(read)
+
+
+def held_locks(data_dir: Path) -> list[Path]:
+    """IPAM lock files somebody holds: a lock a dead process kept would stall every later ADD of the network."""
+    held = []
+    for lock in data_dir.glob("*/lock"):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(lock)
+        finally:
+            os.close(fd)
+    return held
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashWorld]:
+    scenario = Scenario(tmp_path_factory.mktemp("crash"))
+    try:
+        master, _ = scenario.veth_pair("km")
+        yield CrashWorld(scenario=scenario, pods=[scenario.netns() for _ in range(4)],
+                         bridge=scenario.link_name("kb"), master=master, subnet=str(random_subnet(22)))
+    finally:
+        scenario.close()
+
+
+def _forked(work: Callable[[], None]) -> int:
+    """A child of this (warm) process that does `work` and exits without returning into pytest."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            work()
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _kill_after(pid: int, delay: float) -> bool:
+    """SIGKILL `pid` after `delay` seconds; whether it was still at work when the signal came."""
+    time.sleep(delay)
+    done, _ = os.waitpid(pid, os.WNOHANG)
+    if done:
+        return False
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return True
+
+
+def _calibrate(run: Callable[[int], float], first: int) -> float:
+    """Median wall time of three complete ADDs (each deleted again): the span the kill moments are drawn from."""
+    return statistics.median(run(first + n) for n in range(3))
+
+
+def _clean_up_and_check(world: CrashWorld, n: int, delete: Callable[[dict[str, str], bytes], tuple[int, str]]) -> None:
+    env, stdin = world.attachment(n)
+    code, out = delete({**env, "CNI_COMMAND": "DEL"}, stdin)
+    assert code == 0, f"DEL after a killed ADD failed: {out}"
+    assert world.leftovers() == [], f"after the kill of ADD {n} and its DEL"
+
+
+def _fresh_add(world: CrashWorld, n: int, run: Callable[[dict[str, str], bytes], tuple[int, str]]) -> None:
+    """No stale lock or half state stands in the way: a new ADD succeeds, then is deleted."""
+    env, stdin = world.attachment(n)
+    code, out = run(env, stdin)
+    assert code == 0, f"an ADD after the kills failed: {out}"
+    code, out = run({**env, "CNI_COMMAND": "DEL"}, stdin)
+    assert code == 0, out
+    assert world.leftovers() == []
+
+
+def _in_process(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
+    return execute(env, stdin)
+
+
+def _exec(socket_path: Path) -> Callable[[dict[str, str], bytes], tuple[int, str]]:
+    def run(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
+        proc = subprocess.run([str(BIN / "vnfio")], input=stdin, capture_output=True, check=False, timeout=60,
+                              env={**env, "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: str(socket_path)})
+        assert b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
+        return proc.returncode, proc.stdout.decode()
+    return run
+
+
+def _report(what: str) -> None:
+    sys.__stderr__.write(f"crash {what}: {KILLS[what]} SIGKILLs during ADD, each followed by a clean DEL\n")
+
+
+# --- the plugin doing the work itself -------------------------------------------------------------------------
+
+
+def test_the_plugin_killed_during_add_then_del_leaves_nothing(world: CrashWorld) -> None:
+    def timed_add(n: int) -> float:
+        env, stdin = world.attachment(n)
+        started = time.perf_counter()
+        assert execute(env, stdin)[0] == 0
+        elapsed = time.perf_counter() - started
+        _clean_up_and_check(world, n, _in_process)
+        return elapsed
+
+    span = _calibrate(timed_add, 0) * 1.3
+    n = 3
+    while KILLS["plugin"] < WARM_KILLS:
+        assert n < 3 * WARM_KILLS, "the ADDs finish before the kills land: calibration is off"
+        env, stdin = world.attachment(n)
+        pid = _forked(lambda env=env, stdin=stdin: execute(env, stdin) and None)
+        KILLS["plugin"] += _kill_after(pid, random.uniform(0, span))
+        _clean_up_and_check(world, n, _in_process)
+        if n % FRESH_ADD_EVERY == 0:
+            _fresh_add(world, n + 10_000, _in_process)
+        n += 1
+    _report("plugin")
+
+
+def test_the_plugin_executable_killed_during_add_then_del_leaves_nothing(world: CrashWorld, tmp_path: Path) -> None:
+    """The installed `vnfio` with no daemon listening: it imports pyroute2 and does the work itself."""
+    run = _exec(tmp_path / "no-daemon.sock")
+
+    def timed_add(n: int) -> float:
+        env, stdin = world.attachment(n)
+        started = time.perf_counter()
+        assert run(env, stdin)[0] == 0
+        elapsed = time.perf_counter() - started
+        _clean_up_and_check(world, n, _in_process)
+        return elapsed
+
+    total = _calibrate(timed_add, 20_000)
+    n = 20_003
+    kills = 0
+    while kills < REAL_KILLS:
+        env, stdin = world.attachment(n)
+        proc = subprocess.Popen([str(BIN / "vnfio")], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL,
+                                env={**env, "PATH": os.environ.get("PATH", ""),
+                                     client.SOCKET_ENV: str(tmp_path / "no-daemon.sock")})
+        assert proc.stdin is not None
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+        # The later half of its life: before that it is still starting the interpreter and importing.
+        time.sleep(random.uniform(total * 0.4, total * 1.1))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+        _clean_up_and_check(world, n, _in_process)
+        n += 1
+    KILLS["plugin"] += kills
+    _fresh_add(world, n, run)
+    _report("plugin")
+
+
+# --- the node daemon doing the work ---------------------------------------------------------------------------
+
+
+class ForkedDaemon:
+    """A `CniDaemon` serving in a child forked from this warm process: restarted in milliseconds after a kill."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket = socket_path
+        self.pid = 0
+
+    def start(self) -> ForkedDaemon:
+        ready_r, ready_w = os.pipe()
+
+        def serve() -> None:
+            os.close(ready_r)
+            daemon = CniDaemon(self.socket, workers=4)
+            daemon.bind()  # replaces the socket a killed predecessor left behind
+            os.write(ready_w, b"x")
+            daemon.serve()
+
+        self.pid = _forked(serve)
+        os.close(ready_w)
+        with os.fdopen(ready_r, "rb") as ready:
+            assert ready.read(1) == b"x", "the forked daemon did not bind"
+        return self
+
+    def kill(self) -> bool:
+        """SIGKILL it now; whether it was still running."""
+        if not self.pid:
+            return False
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        self.pid = 0
+        return True
+
+    def forward(self, env: dict[str, str], stdin: bytes) -> tuple[int, str]:
+        """The `vnfio` client's wire protocol, with the pod netns fd, as `cni.client.run` sends it."""
+        fd = os.open(env["CNI_NETNS"], os.O_RDONLY | os.O_CLOEXEC) if env.get("CNI_NETNS") else None
+        try:
+            environ = {k.encode(): v.encode() for k, v in env.items()}
+            code, out = client.forward(environ, stdin, fd, str(self.socket), 10.0)
+            return code, out.decode()
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def test_the_daemon_killed_during_add_then_del_through_its_successor_leaves_nothing(world: CrashWorld) -> None:
+    socket_dir = Path(tempfile.mkdtemp(prefix="vnfio-k-"))
+    daemon = ForkedDaemon(socket_dir / "cni.sock").start()
+    try:
+        def timed_add(n: int) -> float:
+            env, stdin = world.attachment(n)
+            started = time.perf_counter()
+            assert daemon.forward(env, stdin)[0] == 0
+            elapsed = time.perf_counter() - started
+            _clean_up_and_check(world, n, daemon.forward)
+            return elapsed
+
+        span = _calibrate(timed_add, 30_000) * 1.3
+        outcomes: Counter[str] = Counter()
+        for n in range(30_003, 30_003 + WARM_KILLS):
+            env, stdin = world.attachment(n)
+            answer: list[str] = []
+
+            def send(env: dict[str, str] = env, stdin: bytes = stdin, answer: list[str] = answer) -> None:
+                try:
+                    answer.append(f"answered {daemon.forward(env, stdin)[0]}")
+                except client.DaemonLost:
+                    answer.append("lost after GO")  # the client answers the runtime code 11: retry after DEL
+                except client.NotForwarded:
+                    answer.append("not forwarded")  # the client would do the work itself: nothing ran here
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            time.sleep(random.uniform(0, span))
+            KILLS["daemon"] += daemon.kill()
+            sender.join(30)
+            outcomes[answer[0] if answer else "no answer"] += 1
+            daemon.start()
+            _clean_up_and_check(world, n, daemon.forward)
+            if n % FRESH_ADD_EVERY == 0:
+                _fresh_add(world, n + 10_000, daemon.forward)
+        assert outcomes["no answer"] == 0
+        # The kills must have landed inside the work, not only before or after it.
+        assert outcomes["lost after GO"] >= WARM_KILLS // 4, outcomes
+    finally:
+        daemon.kill()
+        socket_dir.joinpath("cni.sock").unlink(missing_ok=True)
+        os.rmdir(socket_dir)
+    _report("daemon")
+
+
+def test_the_installed_daemon_killed_during_add_then_restarted_leaves_nothing(world: CrashWorld,
+                                                                            tmp_path: Path) -> None:
+    """`vnfio-cni-daemon` with two serving processes, its whole process group SIGKILLed while the installed `vnfio`
+    waits on it; restarted (it must replace its dead socket), the DEL goes through it."""
+    daemon = NodeDaemon(tmp_path / "daemon.log", processes=2, workers=4)
+    with daemon.running():
+        run = _exec(daemon.socket)
+
+        def timed_add(n: int) -> float:
+            env, stdin = world.attachment(n)
+            started = time.perf_counter()
+            assert run(env, stdin)[0] == 0
+            elapsed = time.perf_counter() - started
+            _clean_up_and_check(world, n, run)
+            return elapsed
+
+        total = _calibrate(timed_add, 40_000)
+        n = 40_003
+        kills = 0
+        while kills < REAL_KILLS:
+            env, stdin = world.attachment(n)
+            proc = subprocess.Popen([str(BIN / "vnfio")], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL,
+                                    env={**env, "PATH": os.environ.get("PATH", ""),
+                                         client.SOCKET_ENV: str(daemon.socket)})
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+            time.sleep(random.uniform(total * 0.2, total))
+            if proc.poll() is None:
+                daemon.kill()
+                kills += 1
+                daemon.start()
+            proc.wait(60)  # the client answers (code 11 if the daemon died after GO) or finishes in-process
+            _clean_up_and_check(world, n, run)
+            n += 1
+        KILLS["daemon"] += kills
+        _fresh_add(world, n, run)
+    assert "Traceback" not in daemon.log_text()
+    _report("daemon")
