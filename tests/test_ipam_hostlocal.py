@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from cni.errors import INTERNAL, INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, CniError
 from cni.ipam import IpamRequest, ipam_add, ipam_check, ipam_del, ipam_gc, ipam_status
@@ -359,3 +361,51 @@ def test_broken_store_is_a_clear_error_that_leaves_no_reservation(tmp_path: Path
     assert err.value.code == INTERNAL
     assert str(tmp_path / "net1") in err.value.msg and "by-key/b:eth0" in err.value.msg
     assert reservations(tmp_path) == {"10.77.0.2": "a\r\neth0", "by-key": ""}  # 10.77.0.3 was not taken
+
+
+# -- hostile configs: never a traceback, only CniError ---------------------------------------------------------
+
+_json_scalars = st.none() | st.booleans() | st.integers(-5, 2**33) | st.sampled_from(
+    ["", "10.85.0.0/24", "10.85.0.0/33", "10.85.0.9", "fd85::/120", "fd85::9", "::", "0.0.0.0/0", "../x", "x" * 300,
+     "10.85.0.0/30", "10.85.0.5/24", "\x00", "10.85.0.1"])
+_json = st.recursive(_json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.sampled_from(["subnet", "rangeStart", "rangeEnd", "gateway", "dst", "gw", "ips", "cni"]), inner, max_size=3),
+    max_leaves=8)
+# values that parse, so that a good share of the cases reach the store
+_meaningful = st.sampled_from([
+    [[{"subnet": "10.85.0.0/24"}]], [[{"subnet": "fd85::/120"}], [{"subnet": "10.85.0.0/30"}]],
+    [[{"subnet": "10.85.0.0/29", "rangeStart": "10.85.0.3", "rangeEnd": "10.85.0.4", "gateway": "10.85.0.3"}]],
+    [{"dst": "0.0.0.0/0"}], {"ips": ["10.85.0.7/24"]}, {"cni": {"ips": ["10.85.0.9"]}}, "net-fuzz",
+])
+_value = _json | _meaningful
+
+
+@given(ipam=st.dictionaries(st.sampled_from(["subnet", "rangeStart", "rangeEnd", "gateway", "ranges", "routes",
+                                             "dataDir", "resolvConf", "bogus"]), _value, max_size=4),
+       top=st.dictionaries(st.sampled_from(["runtimeConfig", "args", "prevResult", "name"]), _value, max_size=2),
+       cni_args=st.dictionaries(st.sampled_from(["IP", "GATEWAY"]), st.sampled_from(["10.85.0.7", "x", ""]),
+                                max_size=1),
+       command=st.sampled_from(["ADD", "DEL", "CHECK", "STATUS", "GC"]))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_config_gets_a_result_or_a_cni_error(tmp_path: Path, ipam: dict, top: dict, cni_args: dict,
+                                                 command: str) -> None:
+    data_dir = tmp_path / "fuzz"
+    ipam = {"dataDir": str(data_dir), **ipam} if "dataDir" not in ipam else ipam
+    if not isinstance(ipam.get("dataDir"), str) or not str(ipam["dataDir"]).startswith(str(tmp_path)):
+        ipam["dataDir"] = str(data_dir)  # the one key that must stay inside the sandbox
+    req = make_request(data_dir, ipam=ipam, cni_args=cni_args, command=command, **top)
+    try:
+        if command == "ADD":
+            result = ipam_add(req)
+            assert result["cniVersion"] == "1.1.0" and isinstance(result["ips"], list)
+            event("ADD succeeded")
+            ipam_del(make_request(data_dir, ipam=ipam, command="DEL", **top))
+        elif command == "GC":
+            ipam_gc(req, [])
+        else:
+            {"DEL": ipam_del, "CHECK": ipam_check, "STATUS": ipam_status}[command](req)
+    except CniError as exc:
+        assert exc.code in (INVALID_CONFIG, INVALID_ENV, INTERNAL, NOT_AVAILABLE) and exc.msg
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["fuzz"])
+    # every ADD above was followed by its DEL: no reservation and no index entry anywhere under the sandbox
+    assert [p for p in data_dir.rglob("*") if p.is_file() and (p.name[:1].isdigit() or ":" in p.name)] == []

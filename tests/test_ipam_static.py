@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cni.errors import INVALID_CONFIG, CniError
 from cni.ipam import IpamRequest, ipam_add, ipam_check, ipam_del, ipam_gc, ipam_status
@@ -61,6 +63,8 @@ def test_args_and_runtime_config_ips_replace_the_list() -> None:
     ({"type": "static", "adresses": []}, {}, "unknown static ipam key 'adresses'"),
     ({"type": "static", "dns": {"servers": ["1.1.1.1"]}}, {}, "ipam.dns"),
     ({"type": "static", "routes": [{"dst": "nowhere"}]}, {}, "ipam.routes[0].dst"),
+    ({"type": "static", "routes": [{"dst": "10.0.0.0/8", "mtu": "big"}]}, {}, "ipam.routes[0].mtu"),
+    ({"type": "static", "dns": {"nameservers": "1.1.1.1"}}, {}, "ipam.dns.nameservers"),
 ])
 def test_bad_input_is_invalid_config_naming_the_key(ipam: dict, cni_args: dict, needle: str) -> None:
     for call in (ipam_add, ipam_check, ipam_status):
@@ -95,3 +99,30 @@ def test_same_result_as_the_reference(cni_args: dict[str, str], top: dict[str, A
     ours = ipam_add(make_request(BASE, cni_args, **top))
     assert {k: v for k, v in ours.items() if k != "cniVersion"} == {k: v for k, v in reference.items()
                                                                     if k != "cniVersion"}
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 300) | st.sampled_from(
+        ["", "10.64.0.5/24", "10.64.0.5", "fd64::5/64", "bogus", "10.64.0.1", "1.2.3.4/40", "\x00"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["address", "gateway", "dst", "gw", "mtu", "ips", "cni", "nameservers", "domain"]), inner,
+        max_size=3),
+    max_leaves=8)
+
+
+@given(ipam=st.dictionaries(st.sampled_from(["addresses", "routes", "dns", "extra"]), _values, max_size=3),
+       top=st.dictionaries(st.sampled_from(["args", "runtimeConfig"]), _values, max_size=2),
+       cni_args=st.dictionaries(st.sampled_from(["IP", "GATEWAY"]),
+                                st.sampled_from(["10.64.0.5/24", "10.64.0.5", "x", "10.64.0.1,fd64::1"]), max_size=2))
+@settings(max_examples=300, deadline=None)
+def test_any_config_gets_a_result_or_invalid_config(ipam: dict, top: dict, cni_args: dict) -> None:
+    try:
+        result = ipam_add(make_request({"type": "static", **ipam}, cni_args, **top))
+    except CniError as exc:
+        assert exc.code == INVALID_CONFIG and exc.msg
+    else:
+        assert all("/" in ip["address"] for ip in result.get("ips", []))
+        dns = result["dns"]
+        assert all(isinstance(v, list) and all(isinstance(x, str) for x in v) for k, v in dns.items() if k != "domain")
+        assert isinstance(dns.get("domain", ""), str)
+        assert all(isinstance(r.get("mtu", 0), int) for r in result.get("routes", []))

@@ -76,7 +76,13 @@ def parse_routes(raw: object, where: str) -> tuple[Mapping[str, Any], ...]:
         out: dict[str, Any] = {"dst": dst_text}
         if route.get("gw"):
             out["gw"] = str(parse_ip(route["gw"], f"{where}[{i}].gw"))
-        out.update({k: route[k] for k in _ROUTE_KEYS[2:] if route.get(k) is not None})
+        for k in _ROUTE_KEYS[2:]:
+            value = route.get(k)
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CniError(INVALID_CONFIG, f"invalid {where}[{i}].{k}: {value!r} is not a non-negative integer")
+            out[k] = value
         routes.append(out)
     return tuple(routes)
 

@@ -76,6 +76,12 @@ def _dns(raw: object) -> dict[str, Any]:
     if not isinstance(raw, Mapping) or set(raw) - _DNS_KEYS:
         raise CniError(INVALID_CONFIG, f"invalid ipam.dns: expected {{nameservers, domain, search, options}}, got "
                                        f"{raw!r}")
+    for key, value in raw.items():
+        is_text = isinstance(value, str)
+        is_list = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        if value is not None and not (is_text if key == "domain" else is_list):
+            kind = "a string" if key == "domain" else "a list of strings"
+            raise CniError(INVALID_CONFIG, f"invalid ipam.dns.{key}: {value!r} is not {kind}")
     return {k: v for k, v in raw.items() if v}
 
 
