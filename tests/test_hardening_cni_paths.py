@@ -1,0 +1,149 @@
+"""Hostile paths and names: refused with a clear error, nothing wired, nothing written outside `dataDir`.
+
+CNI_NETNS that is a regular file, a directory, a device, another kind of namespace, the host's own network
+namespace (directly or through a symlink) or nothing at all; CNI_IFNAME, CNI_CONTAINERID and the network name
+carrying path characters or too long. Each goes through the installed `vnfio`, once forwarding to a running
+`vnfio-cni-daemon` (which gets the opened netns as a file descriptor) and once doing the work itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni import client
+from tests.cni_helpers import Outcome, Scenario, cni_env, random_subnet, reservation_files, suffix
+from tests.test_hardening_cni_crash import pod_links
+from tests.test_hardening_cni_socket import NodeDaemon
+
+BIN = Path(sys.executable).parent
+INVALID_ENV, UNKNOWN_CONTAINER, INVALID_CONFIG, INVALID_NETNS = 4, 3, 7, 8
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One hostile input: what to change in a valid ADD, the code it must get, and a word the message must say."""
+
+    label: str
+    env: dict[str, str | None]
+    conf: dict[str, Any]
+    code: int
+    says: str
+    commands: tuple[str, ...] = ("ADD", "DEL", "CHECK")
+
+
+def netns_cases(tmp: Path) -> list[Hostile]:
+    (tmp / "a-file").write_text("not a namespace\n")
+    (tmp / "host-ns").symlink_to("/proc/1/ns/net")
+    (tmp / "self-ns").symlink_to("/proc/self/ns/net")
+    (tmp / "dir").mkdir()
+    return [
+        Hostile("netns is a regular file", {"CNI_NETNS": str(tmp / "a-file")}, {}, INVALID_NETNS, "namespace"),
+        Hostile("netns is a directory", {"CNI_NETNS": str(tmp / "dir")}, {}, INVALID_NETNS, "namespace"),
+        Hostile("netns is /dev/null", {"CNI_NETNS": "/dev/null"}, {}, INVALID_NETNS, "namespace"),
+        Hostile("netns is a mount namespace", {"CNI_NETNS": "/proc/self/ns/mnt"}, {}, INVALID_NETNS, "namespace"),
+        # Refused as "the plugin's own network namespace", or where pid 1 is out of reach, as unopenable.
+        Hostile("netns is pid 1's, by symlink", {"CNI_NETNS": str(tmp / "host-ns")}, {}, INVALID_NETNS, "netns"),
+        Hostile("netns is /proc/1/ns/net", {"CNI_NETNS": "/proc/1/ns/net"}, {}, INVALID_NETNS, "netns"),
+        Hostile("netns is our own, by symlink", {"CNI_NETNS": str(tmp / "self-ns")}, {}, INVALID_NETNS, "own"),
+        Hostile("netns does not exist", {"CNI_NETNS": str(tmp / "gone")}, {}, UNKNOWN_CONTAINER, "does not exist"),
+        # DEL needs no netns (it releases IPAM): only ADD and CHECK must refuse.
+        Hostile("netns is empty", {"CNI_NETNS": ""}, {}, INVALID_ENV, "CNI_NETNS", ("ADD", "CHECK")),
+        Hostile("netns unset", {"CNI_NETNS": None}, {}, INVALID_ENV, "CNI_NETNS", ("ADD", "CHECK")),
+    ]
+
+
+IFNAMES = ["/", "a/b", "../eth0", "..", ".", "a b", "a\tb", " eth0", "a:b", "x" * 16, "é" * 8, ""]
+CONTAINER_IDS = ["../x", "a/b", "/etc", "-x", ".x", "_x", "a b", "a\nb", "a:b", ""]
+NETWORK_NAMES = ["../x", "a/b", "/etc", "..", ".", "-x", "a b", "", "a:b"]
+
+
+def name_cases() -> list[Hostile]:
+    cases = [Hostile(f"ifname {v!r}", {"CNI_IFNAME": v}, {}, INVALID_ENV, "CNI_IFNAME") for v in IFNAMES]
+    cases += [Hostile(f"container ID {v[:20]!r}", {"CNI_CONTAINERID": v}, {}, INVALID_ENV, "CNI_CONTAINERID")
+              for v in CONTAINER_IDS]
+    # Valid characters, but too long for a file name under dataDir: the IPAM store refuses these, after the links
+    # are made, so ADD must roll them back (CHECK would stop earlier, at its missing prevResult).
+    cases.append(Hostile("container ID of 300 bytes", {"CNI_CONTAINERID": "x" * 300}, {}, INVALID_ENV,
+                         "CNI_CONTAINERID", ("ADD", "DEL")))
+    cases += [Hostile(f"network name {v!r}", {}, {"name": v}, INVALID_CONFIG, "name") for v in NETWORK_NAMES]
+    cases.append(Hostile("network name of 300 bytes", {}, {"name": "x" * 300}, INVALID_CONFIG, "network name",
+                         ("ADD", "DEL")))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    scenario = Scenario(tmp_path_factory.mktemp("paths"))
+    # dataDir two levels down: everything the plugin writes must stay inside it, not in the levels above.
+    scenario.data_dir = scenario.data_dir.parent / "var" / "lib" / "ipam"
+    try:
+        yield scenario
+    finally:
+        scenario.close()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeDaemon]:
+    with NodeDaemon(tmp_path_factory.mktemp("paths-daemon") / "daemon.log", processes=1).running() as running:
+        yield running
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")} if root.exists() else set()
+
+
+def run(env: dict[str, str], conf: dict[str, Any], socket_path: Path) -> tuple[Outcome, str]:
+    proc = subprocess.run([str(BIN / "vnfio")], input=json.dumps(conf).encode(), capture_output=True, check=False,
+                          timeout=120, env={**env, "PATH": os.environ.get("PATH", ""),
+                                            client.SOCKET_ENV: str(socket_path)})
+    return Outcome(proc.returncode, proc.stdout.decode()), proc.stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize("how", ["daemon", "executable"])
+def test_hostile_paths_and_names_are_refused_and_nothing_is_wired_or_written(
+    world: Scenario, daemon: NodeDaemon, tmp_path: Path, how: str
+) -> None:
+    pod = world.netns()
+    ifname = f"h{suffix()}"  # unique, so a link wired into the host by mistake would be found by name
+    bridge = world.link_name("pb")
+    conf = {"cniVersion": "1.1.0", "name": f"p{world.tag}", "type": "vnfio", "mode": "bridge", "bridge": bridge,
+            "isGateway": True, "ipam": world.host_local(str(random_subnet()))}
+    socket_path = daemon.socket if how == "daemon" else tmp_path / "no-daemon.sock"
+    root = world.data_dir.parent.parent.parent  # the test's own directory, above dataDir
+    before = files_under(root)
+    cases = netns_cases(tmp_path) + name_cases()
+    for case in cases:
+        for command in case.commands:
+            env = {**cni_env(command, f"c{world.tag}", pod.path, ifname=ifname), **case.env}
+            env = {k: v for k, v in env.items() if v is not None}
+            if command == "DEL" and case.code in (INVALID_NETNS, UNKNOWN_CONTAINER):
+                continue  # DEL of a netns that is not one (or is gone) releases IPAM only: it may succeed
+            outcome, stderr = run(env, {**conf, **case.conf}, socket_path)
+            assert "Traceback" not in stderr, (case.label, stderr)
+            assert outcome.code != 0 and outcome.error_code == case.code, (case.label, command, outcome.out)
+            assert case.says in outcome.json["msg"], (case.label, outcome.json["msg"])
+        # Nothing wired anywhere: not in the host, not in the pod, no port, no reservation.
+        assert not Path(f"/sys/class/net/{ifname}").exists(), case.label
+        assert pod_links(pod) == ["lo"], case.label
+        assert not Path(f"/sys/class/net/{bridge}/brif").exists() or os.listdir(f"/sys/class/net/{bridge}/brif") == []
+        assert reservation_files(world.data_dir) == [], case.label
+    # Refused requests wrote nothing at all, not even dataDir.
+    assert files_under(root) == before
+    # And the same plugin, with sane input, works: the refusals were about the input, not a broken set-up.
+    good = cni_env("ADD", f"c{world.tag}", pod.path, ifname=ifname)
+    outcome, _ = run(good, conf, socket_path)
+    assert outcome.code == 0, outcome.out
+    assert ifname in pod.links() and not Path(f"/sys/class/net/{ifname}").exists()
+    assert run({**good, "CNI_COMMAND": "DEL"}, conf, socket_path)[0].code == 0
+    assert reservation_files(world.data_dir) == []
+    made = {p for p in files_under(root) - before if p not in world.data_dir.parents}  # dataDir's own levels
+    assert {p for p in made if world.data_dir not in (p, *p.parents)} == set()
