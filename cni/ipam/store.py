@@ -96,8 +96,11 @@ def reservation_key(container_id: str, ifname: str) -> ReservationKey:
 
 def network_dir(data_dir: str, network: object) -> str:
     """`<dataDir>/<network name>`, refusing names that are not plain directory names."""
-    if not isinstance(network, str) or not _is_cni_name(network) or len(network) > _MAX_NETWORK_NAME:
+    if not isinstance(network, str) or not _is_cni_name(network):
         raise CniError(INVALID_CONFIG, f"invalid characters found in network name: {network!r}")
+    if len(network) > _MAX_NETWORK_NAME:
+        raise CniError(INVALID_CONFIG, f"network name is longer than {_MAX_NETWORK_NAME} characters: "
+                                       f"{network[:40]!r}...")
     if not isinstance(data_dir, str) or not data_dir or "\0" in data_dir:
         raise CniError(INVALID_CONFIG, f"invalid ipam.dataDir: {data_dir!r}")
     return os.path.join(data_dir, network)
