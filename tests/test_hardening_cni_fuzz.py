@@ -26,7 +26,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from cni import client
 from cni.skel import execute
 from cni.versions import SUPPORTED
-from tests.cni_helpers import Netns, Scenario, reservation_files, suffix
+from tests.cni_helpers import Netns, Scenario, reservation_files
 from tests.test_hardening_cni_socket import NodeDaemon
 
 BIN = Path(sys.executable).parent
@@ -69,7 +69,10 @@ class FuzzWorld:
     cni_path: Path
     regular_file: Path
     directory: Path
-    tag: str = field(default_factory=suffix)
+
+    @property
+    def tag(self) -> str:
+        return self.scenario.tag
 
     @property
     def data_dir(self) -> Path:
@@ -105,16 +108,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzWorld]:
         )
     finally:
         scenario.close()
-        _drop_nft_rules(f"fz{scenario.tag}")
+        _drop_nft_rules([f"fz{scenario.tag}{i}" for i in range(3)])
 
 
-def _drop_nft_rules(marker: str) -> None:
-    """Best effort, for a failed run: the nft rules of this run's networks (a passing run leaves none)."""
+def _drop_nft_rules(networks: list[str]) -> None:
+    """After a failed run: the ipMasq and macspoofchk rules of this run's networks (a passing run leaves none)."""
     if shutil.which("nft") is None:
         return
-    listing = subprocess.run(["nft", "-a", "list", "ruleset"], capture_output=True, text=True, check=False).stdout
-    if marker in listing:
-        logging.getLogger(__name__).warning("nft rules of %s left behind", marker)
+    from cni import ipmasq, macspoofchk
+
+    for network in networks:
+        for module in (ipmasq, macspoofchk):
+            with contextlib.suppress(Exception):
+                module.gc(network, [])
 
 
 # --- strategies: everything confined to this run's names, addresses and directories --------------------------

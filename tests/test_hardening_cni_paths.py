@@ -75,7 +75,7 @@ def name_cases() -> list[Hostile]:
     cases.append(Hostile("container ID of 300 bytes", {"CNI_CONTAINERID": "x" * 300}, {}, INVALID_ENV,
                          "CNI_CONTAINERID", ("ADD", "DEL")))
     cases += [Hostile(f"network name {v!r}", {}, {"name": v}, INVALID_CONFIG, "name") for v in NETWORK_NAMES]
-    cases.append(Hostile("network name of 300 bytes", {}, {"name": "x" * 300}, INVALID_CONFIG, "network name",
+    cases.append(Hostile("network name of 300 bytes", {}, {"name": "x" * 300}, INVALID_CONFIG, "longer than",
                          ("ADD", "DEL")))
     return cases
 
