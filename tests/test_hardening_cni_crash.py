@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import random
@@ -107,7 +108,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashWorld]:
     try:
         master, _ = scenario.veth_pair("km")
         yield CrashWorld(scenario=scenario, pods=[scenario.netns() for _ in range(4)],
-                         bridge=scenario.link_name("kb"), master=master, subnet=str(random_subnet(22)))
+                         bridge=scenario.link_name("kb"), master=master,
+                         subnet=str(ipaddress.ip_network(f"{random_subnet().network_address}/22", strict=False)))
     finally:
         scenario.close()
 
