@@ -64,6 +64,9 @@ def _read_group(
         members.append(member)
         try:
             mdir = resolve_inside(gdir / "devices" / member, sysfs_root)
+            if mdir.name != member:
+                # The entry's name is what devices are matched by; its driver must be that device's driver.
+                raise SysfsError(f"the entry leads to {mdir.name}, not to {member}")
             driver = driver_name(mdir, sysfs_root)
             bridge = (read_value(mdir / "class") or "").lower().startswith("0x0604")
         except SysfsError as exc:
