@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 _MAX_SOCKET_PATH = 107
 # In-flight Allocate calls get this long to finish when a server stops; streams end at once.
 _STOP_GRACE = 1.0
+# A refusal's message travels percent-encoded in the grpc-message trailer, and kubelet's gRPC drops a call
+# whose trailers exceed 16 KiB (RESOURCE_EXHAUSTED, the real reason lost). A message that lists 10,000
+# unknown IDs is cut: 1,000 characters stay under the limit even at 12 encoded bytes each (4-byte UTF-8).
+_MAX_MESSAGE = 1000
 
 _Response = TypeVar("_Response")
 
@@ -69,6 +73,12 @@ def container_response(allocation: ContainerAllocation) -> api_pb2.ContainerAllo
         devices=[device_spec(node) for node in allocation.devices],
         annotations=dict(allocation.annotations),
     )
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= _MAX_MESSAGE:
+        return message
+    return f"{message[: _MAX_MESSAGE - 40]}... ({len(message) - _MAX_MESSAGE + 40} more characters)"
 
 
 def _status_code(name: str) -> grpc.StatusCode:
@@ -164,10 +174,10 @@ class _DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
         try:
             response = answer()
         except AllocationError as exc:
-            code, message = _status_code(exc.status), str(exc)
+            code, message = _status_code(exc.status), _bounded(str(exc))
             log.info("%s refused for %s: %s", method, resource, message, extra={"resource": resource})
         except Exception as exc:
-            code, message = grpc.StatusCode.INTERNAL, f"{method} failed for {resource}: {exc}"
+            code, message = grpc.StatusCode.INTERNAL, _bounded(f"{method} failed for {resource}: {exc}")
             log.exception("%s failed for %s", method, resource, extra={"resource": resource})
         else:
             ids = tuple(device_ids(response))
