@@ -363,7 +363,7 @@ def environments(draw: st.DrawFn, w: FuzzWorld) -> dict[str, str]:
         "CNI_NETNS": [f"{w.directory}/no-such-netns", str(w.regular_file), str(w.directory), "/proc/self/ns/net",
                       "/proc/1/ns/net", "", "relative", "/dev/null"],
         "CNI_IFNAME": [*HOSTILE, "lo"],
-        "CNI_ARGS": ["MAC=zz", "Foo=bar", "=;;=", "IP=1.2.3", "IP=10.0.0.1/8", ";", "GATEWAY="],
+        "CNI_ARGS": ["MAC=zz", "Foo=bar", "=;;=", "IP=1.2.3", "IP=10.0.0.1/33", ";", "GATEWAY="],
         "CNI_PATH": [f"{w.cni_path}:{w.directory}/no-such-dir", "", ":"],
     }
     env = {var: make() for var, make in valid.items()}
@@ -435,6 +435,7 @@ def check_answer(env: Mapping[str, str], code: int, out: str) -> Any:
     assert isinstance(data, dict), out
     assert type(data.get("code")) is int and data["code"] != 0, out
     assert isinstance(data.get("msg"), str) and data["msg"], out
+    assert isinstance(data.get("cniVersion"), str), out
     assert set(data) <= {"cniVersion", "code", "msg", "details"}, out
     return data
 
@@ -580,12 +581,13 @@ def _executable(socket_path: Path) -> Any:
 
 
 def _without_command(run: Any) -> Any:
-    """The executable with no CNI_COMMAND prints its banner to stderr and exits 0 (the reference skel's "about")."""
+    """The executable with no CNI_COMMAND prints its banner to stderr and exits 0 (the reference skel's "about"):
+    checked here, then passed on as the skeleton's code 4 so the rest of the property reads the same on every path."""
     def wrapped(env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
         code, out, err = run(env, stdin)
         if "CNI_COMMAND" not in env:
             assert (code, out) == (0, "") and "vnfio CNI plugin" in err
-            return 1, json.dumps({"code": 4, "msg": "no command"}), ""
+            return 1, json.dumps({"cniVersion": "1.1.0", "code": 4, "msg": "no CNI_COMMAND: the banner"}), ""
         return code, out, err
     return wrapped
 
