@@ -441,8 +441,8 @@ def check_answer(env: Mapping[str, str], code: int, out: str) -> Any:
 
 
 class Inspector:
-    """Looks at the pod netns (netlink) and the host (sysfs and procfs: a netlink dump of a busy host costs ~0.2 s
-    to decode) after every case; a full netlink look at the host's addresses every `FULL_LOOK_EVERY` cases."""
+    """Looks at the pod netns and the host through procfs and sysfs after every case (a pyroute2 dump of a busy host
+    costs ~0.2 s to decode), and at the host's addresses through netlink every `FULL_LOOK_EVERY` cases."""
 
     FULL_LOOK_EVERY = 50
 
