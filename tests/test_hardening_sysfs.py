@@ -58,7 +58,7 @@ def scratch_base() -> str | None:
         fs = os.statvfs("/dev/shm")
     except OSError:
         return None
-    if fs.f_favail < 400_000 or fs.f_bavail * fs.f_frsize < 64 << 20 or not os.access("/dev/shm", os.W_OK):
+    if fs.f_favail < 400_000 or fs.f_bavail * fs.f_frsize < 16 << 20 or not os.access("/dev/shm", os.W_OK):
         return None
     return "/dev/shm"
 
