@@ -616,7 +616,7 @@ _BY_NAME = {c.name: c for c in CORRUPTIONS}
 
 
 @pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, SampleBoard]]:
+def templates() -> Iterator[dict[bool, SampleBoard]]:
     """One clean board per mode, built once; each case works on a copy (`cp -a` keeps nodes and links)."""
     base = Path(tempfile.mkdtemp(prefix=f"vnfio-hostile-tpl-{os.getpid()}-", dir=scratch_base()))
     try:
