@@ -120,16 +120,18 @@ class Machine:
 
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt, so `finally` clean-ups run for it as for Ctrl-C."""
+    """Turn SIGTERM and SIGINT into KeyboardInterrupt, so `finally` clean-ups run for them (SIGINT too, because a
+    shell starting us in the background would otherwise have it ignored)."""
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # --- the implementations ------------------------------------------------------------------------------------------
@@ -291,13 +293,16 @@ def serial_interleaved(runs: Sequence[Run], count: int) -> None:
 
 def parallel(run: Run, count: int, workers: int) -> None:
     run.results.clear()
-    with ThreadPoolExecutor(workers) as pool:
+    pool = ThreadPoolExecutor(workers)
+    try:
         for op in OPS:
             started = time.perf_counter()
             run.parallel[op].latencies = list(pool.map(lambda i, op=op: _one(run, op, i), range(count)))
             run.parallel[op].wall = time.perf_counter() - started
             if op == "ADD":
                 verify_added(run.impl, run.namespaces[:count], run.results)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: the execs already running finish, no new ones
     verify_deleted(run.impl, run.namespaces[:count], run.results, run.data_dir)
 
 
