@@ -35,7 +35,8 @@ def suffix() -> str:
 
 def random_subnet(prefix: int = 24) -> ipaddress.IPv4Network:
     """A random 10.x.y.0/prefix: collisions with other test runs are unlikely and harmless inside our netns."""
-    return ipaddress.ip_network(f"10.{random.randint(64, 250)}.{random.randint(0, 255)}.0/{prefix}")
+    base = ipaddress.ip_address(f"10.{random.randint(64, 250)}.{random.randint(0, 255)}.0")
+    return ipaddress.ip_network(f"{base}/{prefix}", strict=False)  # aligned down for prefixes shorter than /24
 
 
 def random_subnet6() -> ipaddress.IPv6Network:
