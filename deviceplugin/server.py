@@ -245,11 +245,16 @@ class PluginServer:
         self._remove_stale_socket(path)
         server = grpc.aio.server()
         api_pb2_grpc.add_DevicePluginServicer_to_server(_DevicePluginServicer(self), server)
+        # Only kubelet (root) may talk to us: the socket hands out device nodes. The umask makes the socket 0600
+        # from the moment it is bound (a client could queue a connection between bind and a later chmod); the
+        # daemon creates no other files, so the brief process-wide umask change cannot widen or narrow anything.
+        previous_umask = os.umask(0o177)
         try:
             server.add_insecure_port(f"unix://{path}")
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {path}: {exc}") from exc
-        # Only kubelet (root) may talk to us: the socket hands out device nodes.
+        finally:
+            os.umask(previous_umask)
         os.chmod(path, 0o600)
         st = os.stat(path)
         self._socket_id = (st.st_dev, st.st_ino)
