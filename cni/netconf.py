@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
-from cni.request import CniRequest
+from cni.request import MAX_NETWORK_NAME, CniRequest
 from cni.result import DNS, Result, parse_dns, parse_result
 from cni.versions import SUPPORTED
 
@@ -149,6 +149,8 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise CniError(INVALID_CONFIG, f"name: {name!r} must start with an alphanumeric character, then [A-Za-z0-9_.-]")
+    if len(name) > MAX_NETWORK_NAME:
+        raise CniError(INVALID_CONFIG, f"name: longer than {MAX_NETWORK_NAME} characters: {name[:40]!r}...")
     mode = raw.get("mode")
     if mode is None:
         raise CniError(INVALID_CONFIG, f"mode: missing, expected one of {', '.join(MODES)}")

@@ -24,6 +24,10 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 _CONTAINER_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+# NAME_MAX is 255 and host-local's index file is "<containerID>:<ifname>" (ifname <= 15 bytes), so both IDs and
+# network names stop at 200: refused here, before any link exists, rather than by the IPAM store after wiring.
+MAX_CONTAINER_ID = 200
+MAX_NETWORK_NAME = 200
 
 # CNI_ARGS keys some vnfio code or a well-known runtime uses; any other key needs IgnoreUnknown=1, as in Go LoadArgs.
 KNOWN_ARGS = frozenset(
@@ -90,6 +94,8 @@ def parse_env(env: Mapping[str, str]) -> CniRequest:
             f"CNI_CONTAINERID: {container_id!r} must start with an alphanumeric character, "
             "followed by alphanumerics, '_', '.' or '-'",
         )
+    if len(container_id) > MAX_CONTAINER_ID:
+        raise CniError(INVALID_ENV, f"CNI_CONTAINERID: longer than {MAX_CONTAINER_ID} characters")
     ifname = env.get("CNI_IFNAME", "")
     if "CNI_IFNAME" in _REQUIRED[command] or ifname:
         problem = validate_ifname(ifname)

@@ -70,8 +70,8 @@ def name_cases() -> list[Hostile]:
     cases = [Hostile(f"ifname {v!r}", {"CNI_IFNAME": v}, {}, INVALID_ENV, "CNI_IFNAME") for v in IFNAMES]
     cases += [Hostile(f"container ID {v[:20]!r}", {"CNI_CONTAINERID": v}, {}, INVALID_ENV, "CNI_CONTAINERID")
               for v in CONTAINER_IDS]
-    # Valid characters, but too long for a file name under dataDir: the IPAM store refuses these, after the links
-    # are made, so ADD must roll them back (CHECK would stop earlier, at its missing prevResult).
+    # Valid characters, but too long for a file name under dataDir: refused up front, before any link exists
+    # (CHECK would stop earlier, at its missing prevResult).
     cases.append(Hostile("container ID of 300 bytes", {"CNI_CONTAINERID": "x" * 300}, {}, INVALID_ENV,
                          "CNI_CONTAINERID", ("ADD", "DEL")))
     cases += [Hostile(f"network name {v!r}", {}, {"name": v}, INVALID_CONFIG, "name") for v in NETWORK_NAMES]

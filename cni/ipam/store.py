@@ -32,6 +32,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from cni.errors import INTERNAL, INVALID_CONFIG, INVALID_ENV, TRY_AGAIN, CniError
+from cni.request import MAX_CONTAINER_ID, MAX_NETWORK_NAME
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,8 @@ LOCK_FILE = "lock"
 LINE_BREAK = "\r\n"
 
 _MAX_IFNAME = 15
-# NAME_MAX is 255: the index file is "<id>:<ifname>", and the ifname takes at most 15 bytes.
-_MAX_CONTAINER_ID = 200
-_MAX_NETWORK_NAME = 200
+_MAX_CONTAINER_ID = MAX_CONTAINER_ID  # the skeleton refuses longer ones first; the store checks again on its own
+_MAX_NETWORK_NAME = MAX_NETWORK_NAME
 _NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _NAME_REST = _NAME_FIRST | frozenset("_.-")
 _TMP_PREFIX = ".tmp."
