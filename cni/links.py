@@ -158,6 +158,7 @@ def rename_link(ipr: IPRoute, index: int, name: str) -> None:
 def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filtering: bool) -> LinkState:
     """Create the bridge if absent (a concurrent ADD creating it too is fine), check it is one, and bring it up."""
     state = link_state_by_name(host, name)
+    created = False
     if state is None:
         attrs: dict[str, Any] = {"kind": "bridge"}
         if mtu:
@@ -172,11 +173,7 @@ def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filter
             if _netlink_errno(exc) != errno.EEXIST:
                 raise CniError(INTERNAL, f"failed to create bridge {name!r}: {exc}") from exc
         else:
-            # Pin the bridge MAC to itself: otherwise it follows the lowest port MAC and changes as pods come and
-            # go (plugins#60); the reference does the same.
-            created = link_state_by_name(host, name)
-            if created is not None:
-                host.link("set", index=created.index, address=created.mac)
+            created = True
             # Like the reference: the bridge must not configure itself from router advertisements of pods.
             write_sysctl(f"net/ipv6/conf/{name}/accept_ra", "0", missing_ok=True)
         state = link_state_by_name(host, name)
@@ -184,6 +181,10 @@ def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filter
             raise CniError(INTERNAL, f"bridge {name!r} vanished right after creation")
     if state.kind != "bridge":
         raise CniError(INTERNAL, f"{name!r} already exists but is a {state.kind or 'plain'} link, not a bridge")
+    if created or not _mac_pinned(name):
+        # Pin the bridge MAC to itself: otherwise it follows the lowest port MAC and changes as pods come and go
+        # (plugins#60). Checked on every ADD, not only at creation, so an ADD killed in between is repaired.
+        host.link("set", index=state.index, address=state.mac)
     if vlan_filtering:
         try:
             host.link("set", index=state.index, kind="bridge", br_vlan_filtering=1)
@@ -196,6 +197,16 @@ def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filter
     if not state.up:
         host.link("set", index=state.index, state="up")
     return state
+
+
+def _mac_pinned(name: str) -> bool:
+    """Whether the link's MAC was set explicitly (`addr_assign_type` 3, NET_ADDR_SET): a bridge then keeps it.
+    Unreadable (no sysfs for this netns): assume pinned rather than rewrite the MAC of a bridge in use."""
+    try:
+        with open(f"/sys/class/net/{name}/addr_assign_type") as f:
+            return f.read().strip() == "3"
+    except OSError:
+        return True
 
 
 def _no_vlan_filtering() -> CniError:

@@ -206,6 +206,22 @@ def test_a_non_bridge_link_with_the_bridge_name_is_an_error(world: Scenario) -> 
     assert_no_debris(world)
 
 
+def test_an_unpinned_existing_bridge_gets_its_mac_pinned(world: Scenario) -> None:
+    """A bridge left by an ADD killed before the pin (or made by hand) follows its ports' MACs; the next ADD pins it
+    (`addr_assign_type` 3 = set explicitly), and the MAC stays when the port goes."""
+    bridge = world.link_name("br")
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    assert Path(f"/sys/class/net/{bridge}/addr_assign_type").read_text().strip() != "3"
+    conf = _conf(world, bridge, str(random_subnet()))
+    ns = world.netns()
+    out = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert out.code == 0, out.out
+    assert Path(f"/sys/class/net/{bridge}/addr_assign_type").read_text().strip() == "3"
+    mac = _link(bridge)["address"]
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), dict(conf, prevResult=out.json)).code == 0
+    assert _link(bridge)["address"] == mac
+
+
 def test_sixteen_parallel_adds_on_one_bridge_get_distinct_addresses(world: Scenario) -> None:
     """The node daemon runs commands in threads: 16 at once through `execute`, no errors, distinct IPs."""
     bridge = world.link_name("br")
