@@ -88,6 +88,10 @@ class DaemonProcess:
         self.proc.send_signal(signum)
         try:
             return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # never leave a daemon behind; its serving processes follow it (PDEATHSIG)
+            self.proc.wait(30)
+            raise AssertionError(f"the daemon did not exit within 30 s of signal {signum}") from None
         finally:
             if self.proc.stderr:
                 self.proc.stderr.close()
