@@ -1,6 +1,7 @@
-"""Kernel link, address and route operations over pyroute2, named for what they do (the reference `pkg/ip`).
+"""Kernel link, address and route operations, named for what they do (the reference `pkg/ip`).
 
-Every function takes the `IPRoute` of the namespace it acts in; none changes the calling thread's namespace.
+Every function takes the `Netlink` of the namespace it acts in; none changes the calling thread's namespace. The
+requests every ADD makes go through its raw `rtnl`; the rest through its pyroute2 `iproute`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from cni.netns import write_sysctl
 from cni.result import IPConfig, Route
 
 if TYPE_CHECKING:
-    from pyroute2 import IPRoute
+    from cni.netns import Netlink
+    from cni.rtnl import Link
 
 log = logging.getLogger(__name__)
 
@@ -52,46 +54,54 @@ class LinkState:
 
 
 def _netlink_errno(exc: BaseException) -> int | None:
-    return getattr(exc, "code", None) if exc.__class__.__name__ == "NetlinkError" else None
+    from cni.rtnl import RtnlError
+
+    if isinstance(exc, RtnlError) or exc.__class__.__name__ == "NetlinkError":
+        return getattr(exc, "code", None)
+    return None
 
 
-def link_index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+def link_index(ipr: Netlink, name: str) -> int | None:
+    state = link_state_by_name(ipr, name)
+    return state.index if state is not None else None
 
 
-def link_state(ipr: IPRoute, index: int) -> LinkState:
-    return _state(ipr.link("get", index=index)[0])
+def link_state(ipr: Netlink, index: int) -> LinkState:
+    return _state(ipr.rtnl.get_link(index=index))
 
 
-def _state(msg: Any) -> LinkState:
+def _state(link: Link) -> LinkState:
     return LinkState(
-        index=msg["index"],
-        name=msg.get("IFLA_IFNAME"),
-        mac=msg.get("IFLA_ADDRESS") or "",
-        mtu=msg.get("IFLA_MTU") or 0,
-        kind=msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "",
-        master=msg.get("IFLA_MASTER") or 0,
-        operstate=msg.get("IFLA_OPERSTATE") or "",
-        promisc=bool(msg["flags"] & 0x100),
-        up=bool(msg["flags"] & 0x1),
-        peer=msg.get("IFLA_LINK") or 0,
+        index=link.index,
+        name=link.name,
+        mac=link.mac,
+        mtu=link.mtu,
+        kind=link.kind,
+        master=link.master,
+        operstate=link.operstate,
+        promisc=bool(link.flags & 0x100),
+        up=bool(link.flags & 0x1),
+        peer=link.link,
     )
 
 
-def link_state_by_name(ipr: IPRoute, name: str) -> LinkState | None:
+def link_state_by_name(ipr: Netlink, name: str) -> LinkState | None:
     """The link's state in one request (RTM_GETLINK by name), or None if there is no such link."""
     try:
-        msg = ipr.link("get", ifname=name)[0]
+        link = ipr.rtnl.get_link(name=name)
     except Exception as exc:
         if _netlink_errno(exc) == errno.ENODEV:
             return None
         raise
-    return _state(msg)
+    return _state(link)
 
 
-def macvlan_mode(ipr: IPRoute, index: int) -> str:
-    msg = ipr.link("get", index=index)[0]
+def set_up(ipr: Netlink, index: int) -> None:
+    ipr.rtnl.set_link(index=index, up=True)
+
+
+def macvlan_mode(ipr: Netlink, index: int) -> str:
+    msg = ipr.iproute.link("get", index=index)[0]
     mode = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_MACVLAN_MODE")
     names = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
     return names.get(mode, str(mode)) if isinstance(mode, int) else str(mode)
@@ -102,19 +112,13 @@ def _name_taken(ifname: str) -> CniError:
     return CniError(INTERNAL, f"container interface {ifname!r} already exists")
 
 
-def setup_veth(host: IPRoute, pod: IPRoute, netns_fd: int, ifname: str, mtu: int = 0, mac: str = "") -> str:
+def setup_veth(host: Netlink, pod: Netlink, netns_fd: int, ifname: str, mtu: int = 0, mac: str = "") -> str:
     """Create a veth pair: `ifname` directly in the pod netns, a random `veth%08x` peer in the host. Returns the
     host name. `ifname` already taken in the pod is an error."""
-    peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": netns_fd}
-    extra: dict[str, Any] = {}
-    if mtu:
-        peer["mtu"] = extra["mtu"] = mtu
-    if mac:
-        peer["address"] = mac
     for _ in range(10):
         host_name = f"veth{secrets.token_hex(4)}"
         try:
-            host.link("add", ifname=host_name, kind="veth", peer=peer, **extra)
+            host.rtnl.add_veth(host_name, ifname, netns_fd, mtu=mtu, peer_mac=mac)
             return host_name
         except Exception as exc:
             if _netlink_errno(exc) != errno.EEXIST:
@@ -125,7 +129,7 @@ def setup_veth(host: IPRoute, pod: IPRoute, netns_fd: int, ifname: str, mtu: int
     raise CniError(INTERNAL, f"failed to create a veth for {ifname}: no free host name after 10 attempts")
 
 
-def create_macvlan(ipr: IPRoute, master: int, mode: str, netns_fd: int | None, mtu: int = 0, mac: str = "") -> str:
+def create_macvlan(ipr: Netlink, master: int, mode: str, netns_fd: int | None, mtu: int = 0, mac: str = "") -> str:
     """Create a macvlan on `master` under a random temporary name, directly in the pod netns when `netns_fd` is
     given (the reference works around a kernel name clash this way). Returns the temporary name."""
     attrs: dict[str, Any] = {"kind": "macvlan", "link": master, "macvlan_mode": mode}
@@ -138,7 +142,7 @@ def create_macvlan(ipr: IPRoute, master: int, mode: str, netns_fd: int | None, m
     for _ in range(10):
         temp = f"mv{secrets.token_hex(4)}"
         try:
-            ipr.link("add", ifname=temp, **attrs)
+            ipr.iproute.link("add", ifname=temp, **attrs)
             return temp
         except Exception as exc:
             if _netlink_errno(exc) != errno.EEXIST:
@@ -146,16 +150,16 @@ def create_macvlan(ipr: IPRoute, master: int, mode: str, netns_fd: int | None, m
     raise CniError(INTERNAL, "failed to create a macvlan: no free temporary name after 10 attempts")
 
 
-def rename_link(ipr: IPRoute, index: int, name: str) -> None:
+def rename_link(ipr: Netlink, index: int, name: str) -> None:
     try:
-        ipr.link("set", index=index, ifname=name)
+        ipr.rtnl.set_link(index=index, ifname=name)
     except Exception as exc:
         if _netlink_errno(exc) == errno.EEXIST:
             raise _name_taken(name) from exc
         raise CniError(INTERNAL, f"failed to rename link {index} to {name!r}: {exc}") from exc
 
 
-def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filtering: bool) -> LinkState:
+def ensure_bridge(host: Netlink, name: str, mtu: int, promisc: bool, vlan_filtering: bool) -> LinkState:
     """Create the bridge if absent (a concurrent ADD creating it too is fine), check it is one, and bring it up."""
     state = link_state_by_name(host, name)
     created = False
@@ -166,7 +170,7 @@ def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filter
         if vlan_filtering:
             attrs["br_vlan_filtering"] = 1  # at creation, so a kernel without it leaves no bridge behind
         try:
-            host.link("add", ifname=name, **attrs)
+            host.iproute.link("add", ifname=name, **attrs)
         except Exception as exc:
             if _netlink_errno(exc) == errno.EOPNOTSUPP and vlan_filtering:
                 raise _no_vlan_filtering() from exc
@@ -184,18 +188,18 @@ def ensure_bridge(host: IPRoute, name: str, mtu: int, promisc: bool, vlan_filter
     if created or not _mac_pinned(name):
         # Pin the bridge MAC to itself: otherwise it follows the lowest port MAC and changes as pods come and go
         # (plugins#60). Checked on every ADD, not only at creation, so an ADD killed in between is repaired.
-        host.link("set", index=state.index, address=state.mac)
+        host.rtnl.set_link(index=state.index, mac=state.mac)
     if vlan_filtering:
         try:
-            host.link("set", index=state.index, kind="bridge", br_vlan_filtering=1)
+            host.iproute.link("set", index=state.index, kind="bridge", br_vlan_filtering=1)
         except Exception as exc:
             if _netlink_errno(exc) == errno.EOPNOTSUPP:
                 raise _no_vlan_filtering() from exc
             raise
     if promisc and not state.promisc:
-        host.link("set", index=state.index, flags=0x100, mask=0x100)
+        host.rtnl.set_link(index=state.index, promisc=True)
     if not state.up:
-        host.link("set", index=state.index, state="up")
+        host.rtnl.set_link(index=state.index, up=True)
     return state
 
 
@@ -213,20 +217,20 @@ def _no_vlan_filtering() -> CniError:
     return CniError(UNSUPPORTED_FIELD, "vlan: this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)")
 
 
-def attach_port(host: IPRoute, port: str, bridge: int, hairpin: bool, vlan: int) -> None:
+def attach_port(host: Netlink, port: str, bridge: int, hairpin: bool, vlan: int) -> None:
     """Enslave link `port` to `bridge` and bring it up (one request, by name), then set hairpin and the access
     VLAN."""
-    host.link("set", ifname=port, master=bridge, state="up")
+    host.rtnl.set_link(name=port, master=bridge, up=True)
     if hairpin:
-        host.brport("set", index=link_index(host, port), mode=1)  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN
+        host.iproute.brport("set", index=link_index(host, port), mode=1)  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN
     if vlan:
         # Access port: untagged PVID `vlan` instead of the kernel's default VLAN 1.
         index = link_index(host, port)
-        host.vlan_filter("add", index=index, vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
-        host.vlan_filter("del", index=index, vlan_info={"vid": 1})
+        host.iproute.vlan_filter("add", index=index, vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
+        host.iproute.vlan_filter("del", index=index, vlan_info={"vid": 1})
 
 
-def wait_oper_up(ipr: IPRoute, name: str, timeout: float = 5.0) -> LinkState:
+def wait_oper_up(ipr: Netlink, name: str, timeout: float = 5.0) -> LinkState:
     """Poll netlink until link `name`'s operstate is UP (a bridge port forwards), backing off from 0 to 50 ms."""
     deadline = time.monotonic() + timeout
     pause = 0.0
@@ -242,10 +246,10 @@ def wait_oper_up(ipr: IPRoute, name: str, timeout: float = 5.0) -> LinkState:
         pause = min(0.05, pause * 2 or 0.001)
 
 
-def del_link_by_name(ipr: IPRoute, name: str) -> bool:
+def del_link_by_name(ipr: Netlink, name: str) -> bool:
     """Delete link `name` in one request; False when it did not exist (DEL must tolerate that)."""
     try:
-        ipr.link("del", ifname=name)
+        ipr.rtnl.del_link(name)
     except Exception as exc:
         if _netlink_errno(exc) == errno.ENODEV:
             return False
@@ -253,7 +257,7 @@ def del_link_by_name(ipr: IPRoute, name: str) -> bool:
     return True
 
 
-def del_link_quietly(ipr: IPRoute, name: str) -> None:
+def del_link_quietly(ipr: Netlink, name: str) -> None:
     """Rollback helper: delete `name` if present, log instead of raising."""
     try:
         del_link_by_name(ipr, name)
@@ -261,15 +265,12 @@ def del_link_quietly(ipr: IPRoute, name: str) -> None:
         log.warning("rollback: could not delete link %s", name, exc_info=True)
 
 
-def add_address(ipr: IPRoute, index: int, cidr: str, nodad: bool = False, noprefixroute: bool = False) -> bool:
+def add_address(ipr: Netlink, index: int, cidr: str, nodad: bool = False, noprefixroute: bool = False) -> bool:
     """Add `cidr` to the link; False if it was already there."""
     iface = ipaddress.ip_interface(cidr)
     flags = (IFA_F_NODAD if nodad and iface.version == 6 else 0) | (IFA_F_NOPREFIXROUTE if noprefixroute else 0)
-    kwargs: dict[str, Any] = {}
-    if flags:
-        kwargs["flags"] = flags
     try:
-        ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **kwargs)
+        ipr.rtnl.add_address(index, str(iface.ip), iface.network.prefixlen, flags)
     except Exception as exc:
         if _netlink_errno(exc) != errno.EEXIST:
             raise CniError(INTERNAL, f"failed to add address {cidr} to link {index}: {exc}") from exc
@@ -278,7 +279,7 @@ def add_address(ipr: IPRoute, index: int, cidr: str, nodad: bool = False, nopref
 
 
 def add_route(
-    ipr: IPRoute,
+    ipr: Netlink,
     index: int,
     dst: str,
     gw: str = "",
@@ -286,39 +287,28 @@ def add_route(
     src: str = "",
     extra: Route | None = None,
 ) -> None:
-    net = ipaddress.ip_network(dst, strict=False)
-    kwargs: dict[str, Any] = {"dst": str(net), "oif": index}
-    if gw:
-        kwargs["gateway"] = gw
-    if scope is not None:
-        kwargs["scope"] = scope
-    if src:
-        kwargs["prefsrc"] = src
-    if extra is not None:
-        if extra.priority:
-            kwargs["priority"] = extra.priority
-        if extra.table:
-            kwargs["table"] = extra.table
-        metrics = {}
-        if extra.mtu:
-            metrics["RTAX_MTU"] = extra.mtu
-        if extra.advmss:
-            metrics["RTAX_ADVMSS"] = extra.advmss
-        if metrics:
-            kwargs["metrics"] = metrics
+    from cni.rtnl import RTAX_ADVMSS, RTAX_MTU
+
+    metrics = {}
+    if extra is not None and extra.mtu:
+        metrics[RTAX_MTU] = extra.mtu
+    if extra is not None and extra.advmss:
+        metrics[RTAX_ADVMSS] = extra.advmss
     try:
-        ipr.route("add", **kwargs)
+        ipr.rtnl.add_route(dst, index, gateway=gw, scope=scope or 0, prefsrc=src,
+                           priority=extra.priority if extra is not None else 0,
+                           table=extra.table if extra is not None else 0, metrics=metrics)
     except Exception as exc:
         # EEXIST too: a pod that already has this destination (say, a default route) would silently not get ours.
         raise CniError(INTERNAL, f"failed to add route {dst} via {gw or 'link'}: {exc}") from exc
 
 
-def configure_iface(ipr: IPRoute, index: int, ips: Iterable[IPConfig], routes: Sequence[Route], nodad: bool) -> None:
+def configure_iface(ipr: Netlink, index: int, ips: Iterable[IPConfig], routes: Sequence[Route], nodad: bool) -> None:
     """The reference `ipam.ConfigureIface`: addresses, link up, then routes through the per-family gateway."""
     ips = list(ips)
     for ip in ips:
         add_address(ipr, index, ip.address, nodad=nodad)
-    ipr.link("set", index=index, state="up")
+    set_up(ipr, index)
     gateways = {ip.family: ip.gateway for ip in ips if ip.gateway}
     for route in routes:
         family = ipaddress.ip_network(route.dst, strict=False).version
@@ -362,16 +352,17 @@ def host_addresses(index: int, family: int = 0) -> set[str]:
                 found.add(str(ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")))
 
 
-def addresses(ipr: IPRoute, index: int) -> set[str]:
+def addresses(ipr: Netlink, index: int) -> set[str]:
     """The link's addresses as normalised CIDRs."""
-    return {str(ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")) for a in ipr.get_addr(index=index)}
+    found = ipr.iproute.get_addr(index=index)
+    return {str(ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")) for a in found}
 
 
-def routes(ipr: IPRoute, index: int | None = None) -> set[tuple[str, str]]:
+def routes(ipr: Netlink, index: int | None = None) -> set[tuple[str, str]]:
     """(dst network, gateway) of every main-table route, optionally only those out of `index`."""
     found: set[tuple[str, str]] = set()
     for family in (2, 10):
-        for r in ipr.get_routes(family=family, table=_MAIN_TABLE):
+        for r in ipr.iproute.get_routes(family=family, table=_MAIN_TABLE):
             if index is not None and r.get("RTA_OIF") != index:
                 continue
             zero = "0.0.0.0" if family == 2 else "::"
@@ -380,12 +371,12 @@ def routes(ipr: IPRoute, index: int | None = None) -> set[tuple[str, str]]:
     return found
 
 
-def route_exists(ipr: IPRoute, dst: str, index: int) -> bool:
+def route_exists(ipr: Netlink, dst: str, index: int) -> bool:
     """Whether the kernel routes `dst` out of link `index` through the main table (an RTM_GETROUTE lookup; the answer
     is the route the kernel would use for the address, so a more specific route elsewhere also says no)."""
     net = ipaddress.ip_network(dst, strict=False)
     try:
-        found = ipr.route("get", dst=str(net.network_address))
+        found = ipr.iproute.route("get", dst=str(net.network_address))
     except Exception as exc:
         if _netlink_errno(exc) in (errno.ENETUNREACH, errno.EHOSTUNREACH):
             return False
@@ -393,16 +384,16 @@ def route_exists(ipr: IPRoute, dst: str, index: int) -> bool:
     return any(r.get("RTA_OIF") == index and r.get("RTA_TABLE", r["table"]) == _MAIN_TABLE for r in found)
 
 
-def default_route_link(ipr: IPRoute) -> int | None:
+def default_route_link(ipr: Netlink) -> int | None:
     """The output link of the IPv4 (else IPv6) default route, the reference macvlan's default master."""
     for family in (2, 10):
-        for r in ipr.get_routes(family=family, table=_MAIN_TABLE):
+        for r in ipr.iproute.get_routes(family=family, table=_MAIN_TABLE):
             if r["dst_len"] == 0 and r.get("RTA_OIF"):
                 return r.get("RTA_OIF")
     return None
 
 
-def wait_addresses_settled(ipr: IPRoute, index: int, timeout: float = 5.0) -> None:
+def wait_addresses_settled(ipr: Netlink, index: int, timeout: float = 5.0) -> None:
     """Poll until no IPv6 address on the link is tentative (DAD done); DAD failure is an error (the reference
     `SettleAddresses`)."""
     tentative, dadfailed = 0x40, 0x08
@@ -410,7 +401,7 @@ def wait_addresses_settled(ipr: IPRoute, index: int, timeout: float = 5.0) -> No
     pause = 0.0
     while True:
         pending = []
-        for a in ipr.get_addr(index=index, family=10):
+        for a in ipr.iproute.get_addr(index=index, family=10):
             flags = a.get("IFA_FLAGS") or a["flags"]
             if flags & dadfailed:
                 raise CniError(INTERNAL, f"IPv6 address {a.get('IFA_ADDRESS')} failed duplicate address detection")

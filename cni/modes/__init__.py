@@ -19,10 +19,9 @@ from cni.request import CniRequest
 from cni.result import Interface, IPConfig, Result, parse_result
 
 if TYPE_CHECKING:
-    from pyroute2 import IPRoute
-
     from cni.ipam import IpamRequest
     from cni.links import LinkState
+    from cni.netns import Netlink
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +196,7 @@ def prev_container_iface(call: Call) -> tuple[Result, int]:
     raise CniError(INTERNAL, f"CHECK: prevResult has no interface {call.req.ifname!r} in sandbox {call.req.netns!r}")
 
 
-def check_container_iface(call: Call, pod: IPRoute, prev: Result, index: int, kind: str) -> LinkState:
+def check_container_iface(call: Call, pod: Netlink, prev: Result, index: int, kind: str) -> LinkState:
     """CHECK the container side: the link exists with the kind and MAC of prevResult, carries every address
     prevResult gives it, and every prevResult route through it exists. Returns the link's state."""
     from cni.links import addresses, link_state_by_name, routes

@@ -49,7 +49,7 @@ from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, IPConfig, Result, Route
 
 if TYPE_CHECKING:
-    from pyroute2 import IPRoute
+    from cni.netns import Netlink
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def cmd_add(call: Call) -> Result:
             raise
 
 
-def _configure(call: Call, host: IPRoute, pod: IPRoute, bridge: int, host_port: str, pod_state: LinkState,
+def _configure(call: Call, host: Netlink, pod: Netlink, bridge: int, host_port: str, pod_state: LinkState,
                ipam: Result) -> Result:
     req, opts = call.req, call.conf.bridge
     if opts.is_gateway:
@@ -122,7 +122,7 @@ def _configure(call: Call, host: IPRoute, pod: IPRoute, bridge: int, host_port: 
     return container_result(call, ipam, interfaces)
 
 
-def _ensure_gateway_address(host: IPRoute, bridge: int, ip: IPConfig, force: bool) -> None:
+def _ensure_gateway_address(host: Netlink, bridge: int, ip: IPConfig, force: bool) -> None:
     """Put gateway/prefix on the bridge. Another IPv4 address (or an overlapping IPv6 one) is an error unless
     `forceAddress`, which replaces it, as in the reference `ensureAddr`. Only the ADD that actually adds the
     address (the bridge's first pod) pays for reading the bridge's other addresses."""
@@ -140,11 +140,11 @@ def _ensure_gateway_address(host: IPRoute, bridge: int, ip: IPConfig, force: boo
             conflicts.append(have)
     for have in conflicts:
         if not force:
-            host.addr("del", index=bridge, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
+            host.iproute.addr("del", index=bridge, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
             name = link_state(host, bridge).name
             raise CniError(INTERNAL, f"bridge {name!r} already has an IP address {have} different from {wanted}"
                            " (set forceAddress to replace it)")
-        host.addr("del", index=bridge, address=str(have.ip), prefixlen=have.network.prefixlen)
+        host.iproute.addr("del", index=bridge, address=str(have.ip), prefixlen=have.network.prefixlen)
 
 
 def cmd_del(call: Call) -> None:

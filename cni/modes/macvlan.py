@@ -39,13 +39,13 @@ from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, Result
 
 if TYPE_CHECKING:
-    from pyroute2 import IPRoute
+    from cni.netns import Netlink
 
 log = logging.getLogger(__name__)
 _TEMPORARY_NAME = re.compile(r"^mv[0-9a-f]{8}$")  # what `create_macvlan` names a macvlan before the rename
 
 
-def _master(call: Call, where: IPRoute) -> int:
+def _master(call: Call, where: Netlink) -> int:
     """The master's ifindex in `where`: the configured name, else the default route's link."""
     opts = call.conf.macvlan
     side = "container" if opts.link_in_container else "host"
@@ -105,11 +105,11 @@ def cmd_del(call: Call) -> None:
             _del_orphaned_temporaries(pod)
 
 
-def _del_orphaned_temporaries(pod: IPRoute) -> None:
+def _del_orphaned_temporaries(pod: Netlink) -> None:
     """An ADD killed between creating the macvlan and renaming it left it under its temporary name, which DEL by
     CNI_IFNAME cannot find. No ADD is running in this pod now (the spec forbids parallel operations on one
     container), so a macvlan with such a name is debris."""
-    for link in pod.get_links():
+    for link in pod.iproute.get_links():
         name = link.get("IFLA_IFNAME") or ""
         if _TEMPORARY_NAME.match(name) and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "macvlan":
             log.info("removing macvlan %s left by an interrupted ADD", name)

@@ -21,6 +21,7 @@ from cni.links import (
     link_index,
     link_state_by_name,
     route_exists,
+    set_up,
     setup_veth,
 )
 from cni.modes import (
@@ -43,7 +44,7 @@ from cni.netns import host_netlink, netlink_in, run_in_netns, write_sysctl
 from cni.result import Interface, IPConfig, Result
 
 if TYPE_CHECKING:
-    from pyroute2 import IPRoute
+    from cni.netns import Netlink
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def cmd_add(call: Call) -> Result:
         raise
 
 
-def _wire(call: Call, host: IPRoute, pod: IPRoute, host_name: str, ipam: Result, fams: set[int]) -> Result:
+def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result, fams: set[int]) -> Result:
     req = call.req
     pod_state = link_state_by_name(pod, req.ifname)
     host_state = link_state_by_name(host, host_name)
@@ -88,7 +89,7 @@ def _wire(call: Call, host: IPRoute, pod: IPRoute, host_name: str, ipam: Result,
     for ip in ipam.ips:
         # No connected subnet route: every destination, the subnet included, goes through the gateway.
         add_address(pod, pod_link, ip.address, nodad=True, noprefixroute=True)
-    pod.link("set", index=pod_link, state="up")
+    set_up(pod, pod_link)
     for ip in ipam.ips:
         pod_ip = ipaddress.ip_interface(ip.address)
         host_bits = pod_ip.max_prefixlen
@@ -98,7 +99,7 @@ def _wire(call: Call, host: IPRoute, pod: IPRoute, host_name: str, ipam: Result,
         fam = ipaddress.ip_network(route.dst).version
         gw = route.gw or next((ip.gateway for ip in ipam.ips if ip.family == fam), "")
         add_route(pod, pod_link, route.dst, gw=gw, extra=route)
-    host.link("set", index=host_link, state="up")
+    set_up(host, host_link)
     for ip in ipam.ips:
         pod_ip = ipaddress.ip_interface(ip.address)
         host_bits = pod_ip.max_prefixlen
@@ -139,7 +140,7 @@ def cmd_check(call: Call) -> None:
             _check_host_side(host, host_link, iface.name, [ip for ip in prev.ips if ip.interface == index])
 
 
-def _check_host_side(host: IPRoute, host_link: int, name: str, ips: list[IPConfig]) -> None:
+def _check_host_side(host: Netlink, host_link: int, name: str, ips: list[IPConfig]) -> None:
     """The host veth still carries each gateway as a host address, and the host route to each pod address."""
     have = host_addresses(host_link)
     for ip in ips:
