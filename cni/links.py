@@ -132,17 +132,10 @@ def setup_veth(host: Netlink, pod: Netlink, netns_fd: int, ifname: str, mtu: int
 def create_macvlan(ipr: Netlink, master: int, mode: str, netns_fd: int | None, mtu: int = 0, mac: str = "") -> str:
     """Create a macvlan on `master` under a random temporary name, directly in the pod netns when `netns_fd` is
     given (the reference works around a kernel name clash this way). Returns the temporary name."""
-    attrs: dict[str, Any] = {"kind": "macvlan", "link": master, "macvlan_mode": mode}
-    if netns_fd is not None:
-        attrs["net_ns_fd"] = netns_fd
-    if mtu:
-        attrs["mtu"] = mtu
-    if mac:
-        attrs["address"] = mac
     for _ in range(10):
         temp = f"mv{secrets.token_hex(4)}"
         try:
-            ipr.iproute.link("add", ifname=temp, **attrs)
+            ipr.rtnl.add_macvlan(temp, master, mode, netns_fd, mtu=mtu, mac=mac)
             return temp
         except Exception as exc:
             if _netlink_errno(exc) != errno.EEXIST:

@@ -25,6 +25,8 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_NET_NS_FD = 16, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
+IFLA_MACVLAN_MODE = 1
+MACVLAN_MODE_IDS = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 7, 8, 15
 RTAX_MTU, RTAX_ADVMSS = 2, 8
@@ -165,6 +167,20 @@ class Rtnl:
         info = attr(IFLA_INFO_KIND, _str("veth")) + attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer_msg))
         body = _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, _str(name)) + mtu_attr + attr(IFLA_LINKINFO, info)
         self.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+
+    def add_macvlan(self, name: str, master: int, mode: str, netns_fd: int | None = None, mtu: int = 0,
+                    mac: str = "") -> None:
+        """A macvlan on `master` (an index here) in `mode`, created straight in the netns `netns_fd` if given."""
+        attrs = attr(IFLA_IFNAME, _str(name)) + attr(IFLA_LINK, _u32(master))
+        if netns_fd is not None:
+            attrs += attr(IFLA_NET_NS_FD, _u32(netns_fd))
+        if mtu:
+            attrs += attr(IFLA_MTU, _u32(mtu))
+        if mac:
+            attrs += attr(IFLA_ADDRESS, _mac(mac))
+        data = attr(IFLA_MACVLAN_MODE, _u32(MACVLAN_MODE_IDS[mode]))
+        attrs += attr(IFLA_LINKINFO, attr(IFLA_INFO_KIND, _str("macvlan")) + attr(IFLA_INFO_DATA, data))
+        self.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, _IFINFO.pack(0, 0, 0, 0, 0) + attrs)
 
     def add_address(self, index: int, address: str, prefixlen: int, flags: int = 0) -> None:
         ip = ipaddress.ip_address(address)

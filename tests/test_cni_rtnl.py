@@ -124,3 +124,21 @@ def test_addresses_and_routes_as_ip_shows_them(world: Scenario, pod: tuple[Netns
     with pytest.raises(RtnlError) as unreachable:
         rtnl.add_route("10.7.0.0/16", index, gateway="192.0.2.1")  # not on any link
     assert unreachable.value.code == errno.ENETUNREACH
+
+
+@pytest.mark.parametrize("mode", ["bridge", "private", "vepa"])
+def test_macvlan_created_in_a_netns_in_its_mode(world: Scenario, pod: tuple[Netns, int, Rtnl], mode: str) -> None:
+    ns, fd, _ = pod
+    master, _ = world.veth_pair("rm")
+    host = Rtnl()
+    try:
+        host.add_macvlan("mvtest0", host.get_link(name=master).index, mode, fd, mtu=1400, mac="02:12:34:56:78:9a")
+        link = ns.links()["mvtest0"]
+        assert link["linkinfo"]["info_kind"] == "macvlan"
+        assert link["linkinfo"]["info_data"]["mode"] == mode
+        assert (link["mtu"], link["address"]) == (1400, "02:12:34:56:78:9a")
+        with pytest.raises(RtnlError) as missing:
+            host.get_link(name="mvtest0")  # made in the pod, not here
+        assert missing.value.code == errno.ENODEV
+    finally:
+        host.close()
