@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 # rtnetlink message types and flags (linux/rtnetlink.h, linux/netlink.h)
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWADDR = 20
-RTM_NEWROUTE = 24
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x300, 0x200, 0x400
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 # attributes
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
@@ -32,6 +32,7 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE
 RTAX_MTU, RTAX_ADVMSS = 2, 8
 IFF_UP, IFF_PROMISC = 0x1, 0x100
 RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1
+_SOL_NETLINK, _NETLINK_GET_STRICT_CHK = 270, 12
 _OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
@@ -62,6 +63,29 @@ class Link:
     operstate: str
     flags: int
     link: int
+    info_data: dict[int, bytes]  # IFLA_INFO_DATA, by attribute type (e.g. IFLA_MACVLAN_MODE)
+
+
+@dataclass(frozen=True)
+class Address:
+    """One RTM_NEWADDR answer."""
+
+    family: int  # 4 or 6
+    address: str
+    prefixlen: int
+    flags: int  # IFA_FLAGS, else the header's 8 bits
+
+
+@dataclass(frozen=True)
+class Route:
+    """One RTM_NEWROUTE answer."""
+
+    family: int  # 4 or 6
+    dst: str
+    dst_len: int
+    gateway: str
+    oif: int
+    table: int
 
 
 def attr(kind: int, payload: bytes) -> bytes:
@@ -101,6 +125,8 @@ class Rtnl:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # non-inheritable, as every Python socket
         else:
             self._sock = socket.socket(fileno=fileno)
+        # Dumps filtered by the kernel (by link, by table) instead of everything filtered here.
+        self._sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
         self._sock.bind((0, 0))
         self._seq = 0
 
@@ -136,6 +162,39 @@ class Rtnl:
     def get_link(self, index: int = 0, name: str = "") -> Link:
         body = _IFINFO.pack(0, 0, index, 0, 0) + (attr(IFLA_IFNAME, _str(name)) if name else b"")
         return _link(self.request(RTM_GETLINK, 0, body)[0][1])
+
+    def links(self) -> list[Link]:
+        return [_link(payload) for _, payload in self.request(RTM_GETLINK, NLM_F_DUMP, _IFINFO.pack(0, 0, 0, 0, 0))]
+
+    def addresses(self, index: int, family: int = 0) -> list[Address]:
+        """The addresses of link `index` (of one family, 4 or 6, if given)."""
+        af = {0: 0, 4: socket.AF_INET, 6: socket.AF_INET6}[family]
+        answers = self.request(RTM_GETADDR, NLM_F_DUMP, _IFADDR.pack(af, 0, 0, 0, index))
+        found = []
+        for _, payload in answers:
+            fam, prefixlen, flags, _, link = _IFADDR.unpack_from(payload)
+            attrs = _attrs(payload, _IFADDR.size)
+            if link != index or IFA_ADDRESS not in attrs:
+                continue
+            if IFA_FLAGS in attrs:
+                flags = struct.unpack("=I", attrs[IFA_FLAGS][:4])[0]
+            address = str(ipaddress.ip_address(attrs[IFA_ADDRESS]))
+            found.append(Address(4 if fam == socket.AF_INET else 6, address, prefixlen, flags))
+        return found
+
+    def routes(self, family: int, table: int = RT_TABLE_MAIN) -> list[Route]:
+        """The routes of one family (4 or 6) in `table`."""
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        body = _RTMSG.pack(af, 0, 0, 0, min(table, 255), 0, 0, 0, 0) + attr(RTA_TABLE, _u32(table))
+        found = [_route(payload) for _, payload in self.request(RTM_GETROUTE, NLM_F_DUMP, body)]
+        return [r for r in found if r.table == table]
+
+    def route_get(self, address: str) -> Route:
+        """The route the kernel would take to `address` (RTM_GETROUTE); `RtnlError` ENETUNREACH if none."""
+        ip = ipaddress.ip_address(address)
+        af = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        body = _RTMSG.pack(af, ip.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + attr(RTA_DST, ip.packed)
+        return _route(self.request(RTM_GETROUTE, 0, body)[0][1])
 
     def set_link(self, index: int = 0, name: str = "", up: bool | None = None, master: int | None = None,
                  ifname: str = "", mac: str = "", promisc: bool | None = None) -> None:
@@ -232,4 +291,18 @@ def _link(payload: bytes) -> Link:
         operstate=_OPERSTATES[operstate] if operstate < len(_OPERSTATES) else "UNKNOWN",
         flags=flags,
         link=u32(IFLA_LINK),
+        info_data=_attrs(info.get(IFLA_INFO_DATA, b"")),
     )
+
+
+def _route(payload: bytes) -> Route:
+    fam, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(payload)
+    attrs = _attrs(payload, _RTMSG.size)
+    version = 4 if fam == socket.AF_INET else 6
+    zero = "0.0.0.0" if version == 4 else "::"
+    dst = str(ipaddress.ip_address(attrs[RTA_DST])) if RTA_DST in attrs else zero
+    gateway = str(ipaddress.ip_address(attrs[RTA_GATEWAY])) if RTA_GATEWAY in attrs else ""
+    oif = struct.unpack("=I", attrs[RTA_OIF][:4])[0] if RTA_OIF in attrs else 0
+    if RTA_TABLE in attrs:
+        table = struct.unpack("=I", attrs[RTA_TABLE][:4])[0]
+    return Route(version, dst, dst_len, gateway, oif, table)

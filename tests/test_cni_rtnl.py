@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from cni_helpers import Netns, Scenario, random_subnet, random_subnet6
 
-from cni.rtnl import RTAX_ADVMSS, RTAX_MTU, Rtnl, RtnlError
+from cni.rtnl import IFLA_MACVLAN_MODE, MACVLAN_MODE_IDS, RTAX_ADVMSS, RTAX_MTU, Rtnl, RtnlError
 
 
 @pytest.fixture
@@ -128,7 +129,7 @@ def test_addresses_and_routes_as_ip_shows_them(world: Scenario, pod: tuple[Netns
 
 @pytest.mark.parametrize("mode", ["bridge", "private", "vepa"])
 def test_macvlan_created_in_a_netns_in_its_mode(world: Scenario, pod: tuple[Netns, int, Rtnl], mode: str) -> None:
-    ns, fd, _ = pod
+    ns, fd, in_pod = pod
     master, _ = world.veth_pair("rm")
     host = Rtnl()
     try:
@@ -137,8 +138,44 @@ def test_macvlan_created_in_a_netns_in_its_mode(world: Scenario, pod: tuple[Netn
         assert link["linkinfo"]["info_kind"] == "macvlan"
         assert link["linkinfo"]["info_data"]["mode"] == mode
         assert (link["mtu"], link["address"]) == (1400, "02:12:34:56:78:9a")
+        mode_attr = in_pod.get_link(name="mvtest0").info_data[IFLA_MACVLAN_MODE]
+        assert int.from_bytes(mode_attr[:4], sys.byteorder) == MACVLAN_MODE_IDS[mode]
         with pytest.raises(RtnlError) as missing:
             host.get_link(name="mvtest0")  # made in the pod, not here
         assert missing.value.code == errno.ENODEV
     finally:
         host.close()
+
+
+def test_dumps_are_filtered_to_the_link_family_and_table(world: Scenario, pod: tuple[Netns, int, Rtnl]) -> None:
+    ns, _, rtnl = pod
+    ns.ip("link", "add", "a0", "type", "veth", "peer", "name", "b0")
+    for end in ("a0", "b0"):
+        ns.ip("link", "set", end, "up")
+    a0, b0 = rtnl.get_link(name="a0").index, rtnl.get_link(name="b0").index
+    net, net6 = random_subnet(), random_subnet6()
+    ip_a, ip_b, ip6 = str(net.network_address + 2), str(net.network_address + 3), str(net6.network_address + 2)
+    ns.ip("addr", "add", f"{ip_a}/24", "dev", "a0")
+    ns.ip("addr", "add", f"{ip_b}/24", "dev", "b0")
+    ns.ip("-6", "addr", "add", f"{ip6}/64", "dev", "a0", "nodad")
+    assert {(a.family, a.address, a.prefixlen) for a in rtnl.addresses(a0, 4)} == {(4, ip_a, 24)}
+    sixes = {a.address: a for a in rtnl.addresses(a0, 6)}
+    assert ip6 in sixes and sixes[ip6].flags & 0x02  # IFA_F_NODAD, read from IFA_FLAGS
+    assert ip_b not in {a.address for a in rtnl.addresses(a0)}
+
+    ns.ip("route", "add", "10.9.0.0/16", "via", str(net.network_address + 1), "dev", "a0")
+    ns.ip("route", "add", "10.8.0.0/16", "dev", "b0", "table", "100")
+    main = {(r.dst, r.dst_len, r.gateway, r.oif) for r in rtnl.routes(4)}
+    assert ("10.9.0.0", 16, str(net.network_address + 1), a0) in main
+    assert not any(r.dst == "10.8.0.0" for r in rtnl.routes(4))
+    assert [(r.dst, r.oif, r.table) for r in rtnl.routes(4, table=100)] == [("10.8.0.0", b0, 100)]
+    assert any(r.dst == str(net6.network_address) and r.dst_len == 64 for r in rtnl.routes(6))
+
+    found = rtnl.route_get("10.9.1.1")
+    assert (found.oif, found.gateway, found.table) == (a0, str(net.network_address + 1), 254)
+    with pytest.raises(RtnlError) as unreachable:
+        rtnl.route_get("192.0.2.1")
+    assert unreachable.value.code == errno.ENETUNREACH
+
+    assert {link.name for link in rtnl.links()} == {"lo", "a0", "b0"}
+    assert {link.kind for link in rtnl.links() if link.name != "lo"} == {"veth"}

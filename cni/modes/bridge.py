@@ -16,12 +16,12 @@ from cni.errors import INTERNAL, CniError
 from cni.links import (
     LinkState,
     add_address,
+    addresses,
     attach_port,
     configure_iface,
     del_link_by_name,
     del_link_quietly,
     ensure_bridge,
-    host_addresses,
     link_index,
     link_state,
     link_state_by_name,
@@ -130,9 +130,8 @@ def _ensure_gateway_address(host: Netlink, bridge: int, ip: IPConfig, force: boo
     wanted = ipaddress.ip_interface(f"{ip.gateway}/{pod_net.prefixlen}")
     if not add_address(host, bridge, str(wanted), nodad=True):
         return  # already there
-    family = 2 if wanted.version == 4 else 10
     conflicts = []
-    for cidr in host_addresses(bridge, family):
+    for cidr in addresses(host, bridge, wanted.version):
         have = ipaddress.ip_interface(cidr)
         if have == wanted or have.is_link_local:
             continue
@@ -186,7 +185,7 @@ def cmd_check(call: Call) -> None:
         if not peer or link_state(host, peer).master != bridge:
             raise CniError(INTERNAL, f"CHECK: the host end of {call.req.ifname!r} is not a port of {opts.bridge!r}")
         if opts.is_gateway:
-            have = host_addresses(bridge)
+            have = addresses(host, bridge)
             for ip in prev.ips:
                 if ip.interface == index and ip.gateway:
                     wanted = f"{ip.gateway}/{ipaddress.ip_interface(ip.address).network.prefixlen}"

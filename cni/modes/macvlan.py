@@ -109,11 +109,10 @@ def _del_orphaned_temporaries(pod: Netlink) -> None:
     """An ADD killed between creating the macvlan and renaming it left it under its temporary name, which DEL by
     CNI_IFNAME cannot find. No ADD is running in this pod now (the spec forbids parallel operations on one
     container), so a macvlan with such a name is debris."""
-    for link in pod.iproute.get_links():
-        name = link.get("IFLA_IFNAME") or ""
-        if _TEMPORARY_NAME.match(name) and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "macvlan":
-            log.info("removing macvlan %s left by an interrupted ADD", name)
-            del_link_quietly(pod, name)
+    for link in pod.rtnl.links():
+        if _TEMPORARY_NAME.match(link.name) and link.kind == "macvlan":
+            log.info("removing macvlan %s left by an interrupted ADD", link.name)
+            del_link_quietly(pod, link.name)
 
 
 def cmd_check(call: Call) -> None:

@@ -15,9 +15,9 @@ from cni.links import (
     SCOPE_LINK,
     add_address,
     add_route,
+    addresses,
     del_link_by_name,
     del_link_quietly,
-    host_addresses,
     link_index,
     link_state_by_name,
     route_exists,
@@ -142,7 +142,7 @@ def cmd_check(call: Call) -> None:
 
 def _check_host_side(host: Netlink, host_link: int, name: str, ips: list[IPConfig]) -> None:
     """The host veth still carries each gateway as a host address, and the host route to each pod address."""
-    have = host_addresses(host_link)
+    have = addresses(host, host_link)
     for ip in ips:
         pod_ip = ipaddress.ip_interface(ip.address)
         bits = pod_ip.max_prefixlen
