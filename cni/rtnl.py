@@ -1,9 +1,10 @@
-"""A small synchronous rtnetlink client for the calls every ADD makes (links, addresses, routes).
+"""A small synchronous rtnetlink client for the calls ADD, CHECK and DEL make (links, addresses, routes).
 
 pyroute2 0.9 runs an asyncio loop per request and builds its messages through several layers: ~0.3-0.5 ms of
 Python per request, against ~5 µs for the same message packed with `struct` on a plain `AF_NETLINK` socket. An
-ADD makes about ten such requests, so these go raw; everything else (dumps, bridge VLANs, CHECK) stays on pyroute2.
-One `Rtnl` serves one thread at a time (each request reads its own answer to the end before returning).
+ADD makes about ten such requests, so these go raw; the rare rest (creating a bridge, bridge VLANs and hairpin,
+replacing a bridge address) stays on pyroute2. One `Rtnl` serves one thread at a time (each request reads its
+own answer to the end before returning).
 """
 
 from __future__ import annotations
