@@ -313,11 +313,11 @@ def addresses(ipr: Netlink, index: int, family: int = 0) -> set[str]:
     return {str(ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")) for a in ipr.rtnl.addresses(index, family)}
 
 
-def routes(ipr: Netlink, index: int | None = None) -> set[tuple[str, str]]:
-    """(dst network, gateway) of every main-table route, optionally only those out of `index`."""
+def routes(ipr: Netlink, index: int | None = None, table: int = 0) -> set[tuple[str, str]]:
+    """(dst network, gateway) of every route in `table` (0: the main table), optionally only those out of `index`."""
     found: set[tuple[str, str]] = set()
     for family in (4, 6):
-        for r in ipr.rtnl.routes(family, _MAIN_TABLE):
+        for r in ipr.rtnl.routes(family, table or _MAIN_TABLE):
             if index is not None and r.oif != index:
                 continue
             found.add((str(ipaddress.ip_network(f"{r.dst}/{r.dst_len}", strict=False)), r.gateway))

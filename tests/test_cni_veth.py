@@ -145,6 +145,25 @@ def test_check_reports_a_missing_address_and_a_missing_interface(world: Scenario
     assert_no_debris(world)
 
 
+def test_check_finds_routes_in_their_own_table(world: Scenario) -> None:
+    """A 1.1.0 route with `table` is installed there; CHECK looks for it there, and notices when it goes."""
+    conf = {"cniVersion": "1.1.0", "name": "veth-table", "type": "vnfio", "mode": "veth",
+            "ipam": world.host_local(str(random_subnet()), routes=[{"dst": "198.51.100.0/24", "table": 100}])}
+    ns = world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", ns.path), conf)
+    assert added.code == 0, added.out
+    conf["prevResult"] = added.json
+    assert "198.51.100.0/24" in ns.ip("route", "show", "table", "100").stdout
+    checked = run_vnfio(cni_env("CHECK", "pod-a", ns.path), conf)
+    assert checked.code == 0, checked.out
+    ns.ip("route", "del", "198.51.100.0/24", "table", "100")
+    out = run_vnfio(cni_env("CHECK", "pod-a", ns.path), conf)
+    assert out.code != 0
+    assert "198.51.100.0/24" in out.json["msg"] and "table 100" in out.json["msg"]
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
+    assert_no_debris(world)
+
+
 def test_an_interface_name_already_taken_fails_and_rolls_back_ipam(world: Scenario) -> None:
     conf = _conf(world, str(random_subnet()))
     ns = world.netns()

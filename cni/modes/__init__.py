@@ -216,7 +216,7 @@ def check_container_iface(call: Call, pod: Netlink, prev: Result, index: int, ki
     for ip in mine:
         if str(ipaddress.ip_interface(ip.address)) not in have:
             raise CniError(INTERNAL, f"CHECK: address {ip.address} missing on {ifname!r}")
-    present = routes(pod)
+    present: dict[int, set[tuple[str, str]]] = {}  # per routing table (0: main), read once each
     gateways = {ip.family: ip.gateway for ip in mine if ip.gateway}
     our_families = {ip.family for ip in mine}
     for route in prev.routes:
@@ -224,6 +224,11 @@ def check_container_iface(call: Call, pod: Netlink, prev: Result, index: int, ki
         if family not in our_families:
             continue
         gw = route.gw or gateways.get(family, "")
-        if (route.dst, gw) not in present:
-            raise CniError(INTERNAL, f"CHECK: route {route.dst} via {gw or 'link'} missing in {call.req.netns!r}")
+        if route.table not in present:
+            present[route.table] = routes(pod, table=route.table)
+        if (route.dst, gw) not in present[route.table]:
+            where = f" (table {route.table})" if route.table else ""
+            raise CniError(
+                INTERNAL, f"CHECK: route {route.dst} via {gw or 'link'}{where} missing in {call.req.netns!r}"
+            )
     return state
