@@ -1,10 +1,15 @@
-"""Shared fixtures: a generated sample board per test (normal and noiommu)."""
+"""Shared fixtures: a generated sample board per test (normal and noiommu), a CNI test world of unique
+namespaces and links, and a short directory for unix sockets."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cni_helpers import Scenario
 
 from deviceplugin.sampleboard import SampleBoard, build_sample_board
 
@@ -19,3 +24,23 @@ def board(tmp_path: Path) -> SampleBoard:
 @pytest.fixture
 def noiommu_board(tmp_path: Path) -> SampleBoard:
     return build_sample_board(tmp_path / "board", noiommu=True)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[Scenario]:
+    """Unique namespaces, links and an IPAM dataDir for one CNI test, all removed afterwards."""
+    scenario = Scenario(tmp_path)
+    try:
+        yield scenario
+    finally:
+        scenario.close()
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short private directory (a unix socket path must fit in 108 bytes; pytest's tmp_path may not)."""
+    path = Path(tempfile.mkdtemp(prefix="vnfio-s-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

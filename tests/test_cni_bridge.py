@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,6 @@ from cni_helpers import (
     random_subnet6,
     run_vnfio,
 )
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Scenario]:
-    scenario = Scenario(tmp_path)
-    try:
-        yield scenario
-    finally:
-        scenario.close()
 
 
 def _conf(world: Scenario, bridge: str, *subnets: str, **extra: Any) -> dict[str, Any]:

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +28,6 @@ INTERPRETERS = [sys.executable] + (["/usr/bin/python3"] if os.path.exists("/usr/
 def executable(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundle, built for the interpreter running the tests (its #! must point at one that exists here)."""
     return bundle.write(tmp_path_factory.mktemp("bundle") / "vnfio", python=sys.executable)
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Scenario]:
-    scenario = Scenario(tmp_path)
-    try:
-        yield scenario
-    finally:
-        scenario.close()
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="vnfio-b-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def run(argv: list[str], env: dict[str, str], conf: Any, sock: Path | None = None) -> Outcome:

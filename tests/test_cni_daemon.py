@@ -15,7 +15,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -38,25 +37,6 @@ from tests.cni_helpers import (
 )
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Scenario]:
-    scenario = Scenario(tmp_path)
-    try:
-        yield scenario
-    finally:
-        scenario.close()
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short private directory (a unix socket path must fit in 108 bytes; pytest's tmp_path may not)."""
-    path = Path(tempfile.mkdtemp(prefix="vnfio-d-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class DaemonProcess:

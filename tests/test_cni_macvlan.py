@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +22,6 @@ from cni_helpers import (
     reservation_files,
     run_vnfio,
 )
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Scenario]:
-    scenario = Scenario(tmp_path)
-    try:
-        yield scenario
-    finally:
-        scenario.close()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ results flow both ways through a chain (a reference plugin's prevResult into vnf
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,6 @@ from cni_helpers import (
 pytestmark = pytest.mark.skipif(not (REFERENCE_DIR / "bridge").exists(), reason="no reference plugins in /usr/lib/cni")
 
 VERSION = "1.0.0"  # the newest version Debian's plugins (1.1.1) speak
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Scenario]:
-    scenario = Scenario(tmp_path)
-    try:
-        yield scenario
-    finally:
-        scenario.close()
 
 
 def _shape(result: dict[str, Any]) -> dict[str, Any]:

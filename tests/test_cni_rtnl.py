@@ -8,22 +8,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cni_helpers import Netns, Scenario, random_subnet, random_subnet6
 
 from cni.rtnl import IFLA_MACVLAN_MODE, MACVLAN_MODE_IDS, RTAX_ADVMSS, RTAX_MTU, Rtnl, RtnlError
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Scenario]:
-    scenario = Scenario(tmp_path)
-    try:
-        yield scenario
-    finally:
-        scenario.close()
 
 
 @pytest.fixture

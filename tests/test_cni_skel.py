@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ from cni_helpers import (
 from cni.request import parse_cni_args
 from cni.skel import execute
 from cni.versions import SUPPORTED
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Scenario]:
-    scenario = Scenario(tmp_path)
-    try:
-        yield scenario
-    finally:
-        scenario.close()
 
 
 def _conf(world: Scenario, version: str = "1.1.0", **extra: object) -> dict[str, object]:

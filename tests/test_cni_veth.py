@@ -5,8 +5,6 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,15 +22,6 @@ from cni_helpers import (
     run_vnfio,
     subnet_text,
 )
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Scenario]:
-    scenario = Scenario(tmp_path)
-    try:
-        yield scenario
-    finally:
-        scenario.close()
 
 
 def _conf(world: Scenario, *subnets: str, version: str = "1.1.0", **extra: Any) -> dict[str, Any]:

@@ -108,15 +108,6 @@ class NodeDaemon:
         return Outcome(proc.returncode, proc.stdout.decode())
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Scenario]:
-    scenario = Scenario(tmp_path)
-    try:
-        yield scenario
-    finally:
-        scenario.close()
-
-
 def _conf(world: Scenario) -> dict[str, Any]:
     return {"cniVersion": "1.1.0", "name": f"hs{world.tag}", "type": "vnfio", "mode": "bridge",
             "bridge": world.link_name("hs"), "isGateway": True, "ipam": world.host_local(str(random_subnet()))}
