@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = Path("/usr/lib/cni")
 T = TypeVar("T")
+N = TypeVar("N", ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 
 def suffix() -> str:
@@ -33,14 +34,32 @@ def suffix() -> str:
     return secrets.token_hex(3)
 
 
+_HANDED_OUT: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+
+
+def _fresh(make: Callable[[], N]) -> N:
+    """A network not handed out before in this run: two tests (or one test's two subnets) never overlap."""
+    while True:
+        net = make()
+        if not any(net.overlaps(old) for old in _HANDED_OUT if old.version == net.version):
+            _HANDED_OUT.add(net)
+            return net
+
+
 def random_subnet(prefix: int = 24) -> ipaddress.IPv4Network:
-    """A random 10.x.y.0/prefix: collisions with other test runs are unlikely and harmless inside our netns."""
-    base = ipaddress.ip_address(f"10.{random.randint(64, 250)}.{random.randint(0, 255)}.0")
-    return ipaddress.ip_network(f"{base}/{prefix}", strict=False)  # aligned down for prefixes shorter than /24
+    """A random 10.x.y.0/prefix, distinct from every other one this run; other runs are harmless inside our netns."""
+
+    def make() -> ipaddress.IPv4Network:
+        base = ipaddress.ip_address(f"10.{random.randint(64, 250)}.{random.randint(0, 255)}.0")
+        return ipaddress.ip_network(f"{base}/{prefix}", strict=False)  # aligned down for prefixes shorter than /24
+
+    return _fresh(make)
 
 
 def random_subnet6() -> ipaddress.IPv6Network:
-    return ipaddress.ip_network(f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::/64")
+    return _fresh(
+        lambda: ipaddress.ip_network(f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::/64")
+    )
 
 
 # --- network namespaces ----------------------------------------------------------------------------------------
@@ -285,8 +304,12 @@ class Scenario:
         return ns
 
     def link_name(self, prefix: str) -> str:
-        """A unique host link name (≤ 15 bytes) that `close()` deletes if it still exists."""
-        name = f"{prefix[:6]}{self.tag}{secrets.token_hex(1)}"
+        """A unique host link name (≤ 15 bytes) that `close()` deletes if it still exists.
+
+        The last two hex digits count this scenario's links, so two names asked for in one test never collide (a
+        random byte there did, one run in 256 for a veth pair).
+        """
+        name = f"{prefix[:6]}{self.tag}{len(self._host_links) % 256:02x}"
         self._host_links.append(name)
         return name
 
