@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from cni import deferred
 from cni.client import (
     ACCEPTED,
     DEFAULT_SOCKET,
@@ -292,7 +293,7 @@ class CniDaemon:
                 return
             conn.settimeout(None)
             started = time.perf_counter()
-            with self._slots:
+            with self._slots, deferred.collecting() as after_reply:
                 code, out = self._execute(env, stdin, netns_fd=netns_fd)
         finally:
             if netns_fd is not None:
@@ -302,6 +303,9 @@ class CniDaemon:
             conn.sendall(encode_reply(code, out.encode()))
         except OSError as exc:
             log.warning("CNI %s %s: the client left before the answer (code %d): %s", command, target, code, exc)
+        finally:
+            # What the answer need not wait for (the gratuitous ARP of an ADD): its own fds, so after the close.
+            deferred.run(after_reply)
 
 
 class Supervisor:

@@ -19,11 +19,15 @@ from dataclasses import dataclass
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_GETNETCONF = 82
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x300, 0x200, 0x400
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 # attributes
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
-IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_NET_NS_FD = 16, 18, 28
+IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_NET_NS_FD = 16, 18, 26, 28
+IFLA_INET_CONF = 1  # inside IFLA_AF_SPEC / AF_INET: the device's IPv4 sysctls, by IPV4_DEVCONF_* number
+IPV4_DEVCONF_ARP_NOTIFY = 22
+NETCONFA_IFINDEX, NETCONFA_FORWARDING, NETCONFA_IFINDEX_ALL = 1, 2, -1
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFLA_MACVLAN_MODE = 1
@@ -121,15 +125,26 @@ def _attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
 class Rtnl:
     """An rtnetlink socket in the namespace it was created in."""
 
-    def __init__(self, fileno: int | None = None) -> None:
-        if fileno is None:
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # non-inheritable, as every Python socket
+    def __init__(self, fileno: int | None = None, *, _bound: socket.socket | None = None) -> None:
+        if _bound is not None:  # `dup`: the socket is set up already
+            self._sock = _bound
         else:
-            self._sock = socket.socket(fileno=fileno)
-        # Dumps filtered by the kernel (by link, by table) instead of everything filtered here.
-        self._sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
-        self._sock.bind((0, 0))
+            if fileno is None:
+                # non-inheritable, as every Python socket
+                self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+            else:
+                self._sock = socket.socket(fileno=fileno)
+            # Dumps filtered by the kernel (by link, by table) instead of everything filtered here.
+            self._sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
+            self._sock.bind((0, 0))
         self._seq = 0
+
+    def dup(self) -> Rtnl:
+        """A second handle on this socket (so in its namespace) that outlives this one's `close`. Use one handle at a
+        time: they share the socket's answers. Its sequence numbers start far from this one's."""
+        other = Rtnl(_bound=self._sock.dup())
+        other._seq = self._seq + (1 << 20)
+        return other
 
     def close(self) -> None:
         self._sock.close()
@@ -213,6 +228,31 @@ class Rtnl:
         if mac:
             attrs += attr(IFLA_ADDRESS, _mac(mac))
         self.request(RTM_NEWLINK, NLM_F_ACK, _IFINFO.pack(0, 0, index, flags, change) + attrs)
+
+    def set_ipv4_conf(self, index: int, conf: dict[int, int]) -> None:
+        """Set IPv4 sysctls of link `index` (`net.ipv4.conf.<dev>.*`, keyed by IPV4_DEVCONF_* number) in one
+        RTM_NEWLINK. No /proc/sys path walk, which costs more with every namespace that ever looked at its own
+        /proc/sys/net (their `net` dentries share one hash chain), and no read-only /proc/sys to fail on."""
+        values = b"".join(attr(key, _u32(value)) for key, value in sorted(conf.items()))
+        spec = attr(socket.AF_INET, attr(IFLA_INET_CONF, values))
+        self.request(RTM_NEWLINK, NLM_F_ACK, _IFINFO.pack(0, 0, index, 0, 0) + attr(IFLA_AF_SPEC, spec))
+
+    def ipv4_conf(self, index: int) -> dict[int, int]:
+        """The IPv4 sysctls of link `index`, keyed by IPV4_DEVCONF_* number (RTM_GETLINK's IFLA_AF_SPEC)."""
+        body = _IFINFO.pack(0, 0, index, 0, 0)
+        payload = self.request(RTM_GETLINK, 0, body)[0][1]
+        spec = _attrs(_attrs(payload, _IFINFO.size).get(IFLA_AF_SPEC, b""))
+        raw = _attrs(spec.get(socket.AF_INET, b"")).get(IFLA_INET_CONF, b"")
+        return {n + 1: value for n, (value,) in enumerate(struct.iter_unpack("=I", raw[: len(raw) // 4 * 4]))}
+
+    def forwarding(self, family: int) -> bool:
+        """Whether forwarding is on for all devices of one family (4: `net.ipv4.ip_forward`, 6:
+        `net.ipv6.conf.all.forwarding`), read with RTM_GETNETCONF rather than from /proc/sys."""
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        body = struct.pack("=Bxxx", af) + attr(NETCONFA_IFINDEX, struct.pack("=i", NETCONFA_IFINDEX_ALL))
+        attrs = _attrs(self.request(RTM_GETNETCONF, 0, body)[0][1], 4)
+        raw = attrs.get(NETCONFA_FORWARDING, b"")
+        return len(raw) >= 4 and struct.unpack("=i", raw[:4])[0] != 0
 
     def del_link(self, name: str) -> None:
         self.request(RTM_DELLINK, NLM_F_ACK, _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, _str(name)))

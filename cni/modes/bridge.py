@@ -31,6 +31,7 @@ from cni.links import (
 )
 from cni.modes import (
     Call,
+    announce,
     check_container_iface,
     container_result,
     enable_forwarding,
@@ -42,7 +43,7 @@ from cni.modes import (
     masquerade_add,
     masquerade_del,
     masquerade_del_quietly,
-    pod_sysctls,
+    pod_ipv6_sysctls,
     prev_container_iface,
 )
 from cni.netns import host_netlink, netlink_in, run_in_netns
@@ -72,6 +73,7 @@ def cmd_add(call: Call) -> Result:
                 masquerade_add(call, ipam.ips)
                 if opts.macspoofchk:
                     macspoofchk.setup(conf.name, req.container_id, req.ifname, host_name, result.interfaces[-1].mac)
+                announce(call, pod, pod_link.index, result.interfaces[-1].mac, result.ips)
                 return result
             except BaseException:
                 _spoofchk_del_quietly(call)
@@ -100,7 +102,8 @@ def _configure(call: Call, host: Netlink, pod: Netlink, bridge: int, host_port: 
                 routes.append(Route(dst=default, gw=ip.gateway))
         ipam = replace(ipam, routes=tuple(routes))
     fams = families(ipam)
-    run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams, dad=opts.enable_dad))
+    if 6 in fams:
+        run_in_netns(call.netns_fd, lambda: pod_ipv6_sysctls(req.ifname, dad=opts.enable_dad))
     # The reference bridge turns DAD off in the pod (accept_dad=0) unless `enabledad`; NODAD on each address does
     # the same per address. With DAD on, wait until the addresses are usable, as the reference does.
     configure_iface(pod, pod_state.index, ipam.ips, ipam.routes, nodad=not opts.enable_dad)
@@ -109,7 +112,7 @@ def _configure(call: Call, host: Netlink, pod: Netlink, bridge: int, host_port: 
     if opts.is_gateway and ipam.ips:
         for ip in ipam.ips:
             _ensure_gateway_address(host, bridge, ip, opts.force_address)
-        enable_forwarding(fams)
+        enable_forwarding(host, fams)
     host_state = wait_oper_up(host, host_port)
     # Re-read the bridge now that the port is in: the kernel may have changed its MAC (#805); the host veth was
     # re-read by the wait above.

@@ -25,6 +25,7 @@ from cni.links import (
 )
 from cni.modes import (
     Call,
+    announce,
     check_container_iface,
     container_result,
     families,
@@ -32,7 +33,7 @@ from cni.modes import (
     ipam_check,
     ipam_del,
     ipam_release_quietly,
-    pod_sysctls,
+    pod_ipv6_sysctls,
     prev_container_iface,
 )
 from cni.netns import host_netlink, netlink_in, run_in_netns
@@ -81,11 +82,13 @@ def cmd_add(call: Call) -> Result:
             ipam = ipam_add(call)
             try:
                 fams = families(ipam)
-                run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams, ndisc_notify=True))
+                if 6 in fams:
+                    run_in_netns(call.netns_fd, lambda: pod_ipv6_sysctls(req.ifname, ndisc_notify=True))
                 configure_iface(pod, index, ipam.ips, ipam.routes, nodad=False)
                 if any(ip.family == 6 and ip.gateway for ip in ipam.ips):
                     wait_addresses_settled(pod, index)
                 state = link_state(pod, index)
+                announce(call, pod, index, state.mac, ipam.ips)
             except BaseException:
                 ipam_release_quietly(call)
                 raise

@@ -26,6 +26,7 @@ from cni.links import (
 )
 from cni.modes import (
     Call,
+    announce,
     check_container_iface,
     container_result,
     enable_forwarding,
@@ -37,7 +38,7 @@ from cni.modes import (
     masquerade_add,
     masquerade_del,
     masquerade_del_quietly,
-    pod_sysctls,
+    pod_ipv6_sysctls,
     prev_container_iface,
 )
 from cni.netns import host_netlink, netlink_in, run_in_netns, write_sysctl
@@ -58,9 +59,9 @@ def cmd_add(call: Call) -> Result:
             if not ip.gateway:
                 raise CniError(INVALID_CONFIG, f"mode veth: IPAM gave {ip.address} without a gateway")
         fams = families(ipam)
-        if ipam.ips:
-            enable_forwarding(fams)
         with host_netlink() as host, netlink_in(call.netns_fd) as pod:
+            if ipam.ips:
+                enable_forwarding(host, fams)
             host_name = setup_veth(host, pod, call.netns_fd, req.ifname, conf.mtu, conf.mac)
             try:
                 result = _wire(call, host, pod, host_name, ipam, fams)
@@ -82,8 +83,8 @@ def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result,
     if pod_state is None or host_state is None:
         raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
     pod_link, host_link = pod_state.index, host_state.index
-    run_in_netns(call.netns_fd, lambda: pod_sysctls(req.ifname, fams, dad=False))
     if 6 in fams:
+        run_in_netns(call.netns_fd, lambda: pod_ipv6_sysctls(req.ifname, dad=False))
         # The host end routes for the pod: its link-local must not sit in DAD while the first packets arrive.
         write_sysctl(f"net/ipv6/conf/{host_name}/accept_dad", "0", missing_ok=True)
     for ip in ipam.ips:
@@ -109,6 +110,7 @@ def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result,
         Interface(name=host_name, mac=host_state.mac, mtu=host_state.mtu),
         Interface(name=req.ifname, mac=pod_state.mac, sandbox=req.netns, mtu=pod_state.mtu),
     ]
+    announce(call, pod, pod_link, pod_state.mac, ipam.ips)
     return container_result(call, ipam, interfaces)
 
 
