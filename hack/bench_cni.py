@@ -274,8 +274,12 @@ def _one(run: Run, op: str, index: int) -> float:
     return elapsed
 
 
-def serial_interleaved(runs: Sequence[Run], count: int) -> None:
-    """Pod by pod, each implementation in turn, op by op; verify after ADD and after DEL."""
+def serial_interleaved(runs: Sequence[Run], count: int, settle: float = 0.0) -> None:
+    """Pod by pod, each implementation in turn, op by op; verify after ADD and after DEL.
+
+    After each exec the harness waits `settle` seconds (not counted), so what an exec leaves the kernel or a daemon
+    doing after its answer (bridge port state, a gratuitous ARP flooded to every port) is not charged to the next
+    exec, which is the other implementation's. The parallel phases have no pause: there it all counts."""
     for op in OPS:
         started = {id(run): 0.0 for run in runs}
         for index in range(count):
@@ -283,6 +287,8 @@ def serial_interleaved(runs: Sequence[Run], count: int) -> None:
                 t0 = time.perf_counter()
                 run.serial[op].latencies.append(_one(run, op, index))
                 started[id(run)] += time.perf_counter() - t0
+                if settle:
+                    time.sleep(settle)
         for run in runs:
             run.serial[op].wall = started[id(run)]
             if op == "ADD":
@@ -439,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--in-process-pods", type=int,
                         help="pods for the in-process (no daemon) figures, serial only (default 20; quick 5; 0 skips)")
     parser.add_argument("--no-parallel", action="store_true", help="skip the P-worker phases")
+    parser.add_argument("--settle-ms", type=float, default=5.0,
+                        help="pause after each serial exec, not counted, for both implementations (default 5)")
     parser.add_argument("--daemon-workers", type=int, default=8, help="vnfio-cni-daemon --workers (default 8)")
     parser.add_argument("--daemon-processes", type=int, help="vnfio-cni-daemon --processes (default: its own)")
     parser.add_argument("--no-breakdown", action="store_true",
@@ -492,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ours = Impl("vnfio via daemon", "ours", [str(bundle_path)], {"VNFIO_CNI_SOCKET": str(sock)}, conf)
                 runs.append(Run(ours, data_dir, namespaces[args.pods :]))
                 print(f"[{mode}] serial, {args.pods} pods ...", file=sys.stderr, flush=True)
-                serial_interleaved(runs, args.pods)
+                serial_interleaved(runs, args.pods, args.settle_ms / 1000)
                 if not args.no_parallel:
                     for run in runs:
                         print(f"[{mode}] {args.workers} workers: {run.impl.name} ...", file=sys.stderr, flush=True)
@@ -505,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 {"VNFIO_CNI_SOCKET": str(sock.with_name("absent.sock"))}, conf)
                     inproc = Run(impl, data_dir, namespaces[: args.in_process_pods])
                     print(f"[{mode}] in-process, {args.in_process_pods} pods ...", file=sys.stderr, flush=True)
-                    serial_interleaved([inproc], args.in_process_pods)
+                    serial_interleaved([inproc], args.in_process_pods, args.settle_ms / 1000)
                 lines += report(mode, runs, inproc, args)
                 if not args.no_breakdown:
                     warm = warm_execute(mode, machine, namespaces[: min(args.pods, 30)], used)
