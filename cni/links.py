@@ -13,7 +13,6 @@ import secrets
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cni.errors import INTERNAL, UNSUPPORTED_FIELD, CniError
@@ -32,22 +31,6 @@ SCOPE_LINK = 253
 _MAIN_TABLE = 254
 
 
-@dataclass(frozen=True)
-class LinkState:
-    """What the kernel reports for one link."""
-
-    index: int
-    name: str
-    mac: str
-    mtu: int
-    kind: str
-    master: int
-    operstate: str
-    promisc: bool
-    up: bool
-    peer: int  # IFLA_LINK: a veth's peer or a macvlan's master (an index in the peer's netns)
-
-
 def _netlink_errno(exc: BaseException) -> int | None:
     from cni.rtnl import RtnlError
 
@@ -61,26 +44,11 @@ def link_index(ipr: Netlink, name: str) -> int | None:
     return state.index if state is not None else None
 
 
-def link_state(ipr: Netlink, index: int) -> LinkState:
-    return _state(ipr.rtnl.get_link(index=index))
+def link_state(ipr: Netlink, index: int) -> Link:
+    return ipr.rtnl.get_link(index=index)
 
 
-def _state(link: Link) -> LinkState:
-    return LinkState(
-        index=link.index,
-        name=link.name,
-        mac=link.mac,
-        mtu=link.mtu,
-        kind=link.kind,
-        master=link.master,
-        operstate=link.operstate,
-        promisc=bool(link.flags & 0x100),
-        up=bool(link.flags & 0x1),
-        peer=link.link,
-    )
-
-
-def link_state_by_name(ipr: Netlink, name: str) -> LinkState | None:
+def link_state_by_name(ipr: Netlink, name: str) -> Link | None:
     """The link's state in one request (RTM_GETLINK by name), or None if there is no such link."""
     try:
         link = ipr.rtnl.get_link(name=name)
@@ -88,7 +56,7 @@ def link_state_by_name(ipr: Netlink, name: str) -> LinkState | None:
         if _netlink_errno(exc) == errno.ENODEV:
             return None
         raise
-    return _state(link)
+    return link
 
 
 def set_up(ipr: Netlink, index: int) -> None:
@@ -150,7 +118,7 @@ def rename_link(ipr: Netlink, index: int, name: str) -> None:
         raise CniError(INTERNAL, f"failed to rename link {index} to {name!r}: {exc}") from exc
 
 
-def ensure_bridge(host: Netlink, name: str, mtu: int, promisc: bool, vlan_filtering: bool) -> LinkState:
+def ensure_bridge(host: Netlink, name: str, mtu: int, promisc: bool, vlan_filtering: bool) -> Link:
     """Create the bridge if absent (a concurrent ADD creating it too is fine), check it is one, and bring it up."""
     state = link_state_by_name(host, name)
     created = False
@@ -221,7 +189,7 @@ def attach_port(host: Netlink, port: str, bridge: int, hairpin: bool, vlan: int)
         host.iproute.vlan_filter("del", index=index, vlan_info={"vid": 1})
 
 
-def wait_oper_up(ipr: Netlink, name: str, timeout: float = 5.0) -> LinkState:
+def wait_oper_up(ipr: Netlink, name: str, timeout: float = 5.0) -> Link:
     """Poll netlink until link `name`'s operstate is UP (a bridge port forwards), backing off from 0 to 50 ms."""
     deadline = time.monotonic() + timeout
     pause = 0.0

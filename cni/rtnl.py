@@ -57,7 +57,7 @@ class RtnlError(OSError):
 
 @dataclass(frozen=True)
 class Link:
-    """The fields of an RTM_NEWLINK answer that the modes use."""
+    """The fields of an RTM_NEWLINK answer that the modes use: what the kernel reports for one link."""
 
     index: int
     name: str
@@ -67,8 +67,20 @@ class Link:
     master: int
     operstate: str
     flags: int
-    link: int
+    link: int  # IFLA_LINK: a veth's peer or a macvlan's master (an index in the peer's netns)
     info_data: dict[int, bytes]  # IFLA_INFO_DATA, by attribute type (e.g. IFLA_MACVLAN_MODE)
+
+    @property
+    def up(self) -> bool:
+        return bool(self.flags & IFF_UP)
+
+    @property
+    def promisc(self) -> bool:
+        return bool(self.flags & IFF_PROMISC)
+
+    @property
+    def peer(self) -> int:
+        return self.link
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from cni.result import Interface, IPConfig, Result, parse_result
 
 if TYPE_CHECKING:
     from cni.ipam import IpamRequest
-    from cni.links import LinkState
     from cni.netns import Netlink
+    from cni.rtnl import Link
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def prev_container_iface(call: Call) -> tuple[Result, int]:
     raise CniError(INTERNAL, f"CHECK: prevResult has no interface {call.req.ifname!r} in sandbox {call.req.netns!r}")
 
 
-def check_container_iface(call: Call, pod: Netlink, prev: Result, index: int, kind: str) -> LinkState:
+def check_container_iface(call: Call, pod: Netlink, prev: Result, index: int, kind: str) -> Link:
     """CHECK the container side: the link exists with the kind and MAC of prevResult, carries every address
     prevResult gives it, and every prevResult route through it exists. Returns the link's state."""
     from cni.links import addresses, link_state_by_name, routes

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from cni import macspoofchk
 from cni.errors import INTERNAL, CniError
 from cni.links import (
-    LinkState,
     add_address,
     addresses,
     attach_port,
@@ -51,6 +50,7 @@ from cni.result import Interface, IPConfig, Result, Route
 
 if TYPE_CHECKING:
     from cni.netns import Netlink
+    from cni.rtnl import Link
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def cmd_add(call: Call) -> Result:
             raise
 
 
-def _configure(call: Call, host: Netlink, pod: Netlink, bridge: int, host_port: str, pod_state: LinkState,
+def _configure(call: Call, host: Netlink, pod: Netlink, bridge: int, host_port: str, pod_state: Link,
                ipam: Result) -> Result:
     req, opts = call.req, call.conf.bridge
     if opts.is_gateway:
