@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from deviceplugin.records import DeviceType
-from deviceplugin.selectors import FslMcSelectors, PciSelectors
+from deviceplugin.selectors import VF_INDEX_MAX, FslMcSelectors, PciSelectors, parse_pf_name
 
 DEFAULT_PREFIX = "vnfio.io"
 IOMMU_GROUP_MODES = ("whole", "exclude")
@@ -247,7 +247,6 @@ _PCI_KEYS = {
     "devices": _ListKey("devices", "a list of 4-digit hex strings", _HEX4, _hex4),
     "drivers": _ListKey("drivers", "a list of driver names", _ANY_NAME),
     "pciAddresses": _ListKey("pci_addresses", "a list of PCI addresses like 0000:01:00.1", _PCI_ADDRESS, str.lower),
-    "pfNames": _ListKey("pf_names", "a list of interface names", _IFNAME),
     "rootDevices": _ListKey("root_devices", "a list of PCI addresses like 0000:00:00.0", _PCI_ADDRESS, str.lower),
 }
 _FSLMC_KEYS = {
@@ -271,6 +270,13 @@ def _parse_selectors(
         if key not in allowed:
             bad(where, f"unknown selector for deviceType {device_type.value} (expected one of {', '.join(allowed)})")
             ok = False
+        elif key == "pfNames":
+            names, reason = _pf_names(value)
+            if names is None:
+                bad(where, reason or "")
+                ok = False
+            else:
+                values["pf_names"] = names
         elif key == "minObjects":
             counts = _min_objects(value)
             if counts is None:
@@ -293,6 +299,24 @@ def _parse_selectors(
     if not ok:
         return None
     return PciSelectors(**values) if device_type is DeviceType.PCI else FslMcSelectors(**values)  # type: ignore[arg-type]
+
+
+_PF_NAMES_EXPECTED = f"a list of interface names, each optionally with VF indexes 0-{VF_INDEX_MAX}: eth1, eth1#0-3,5"
+
+
+def _pf_names(value: object) -> tuple[tuple[str, ...] | None, str | None]:
+    """pfNames as written, or the reason it is refused: the first bad entry, and what was wrong with it."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        return None, f"expected {_PF_NAMES_EXPECTED}, got {_show(value)}"
+    for entry in value:
+        try:
+            parsed = parse_pf_name(entry)
+        except ValueError as exc:
+            return None, f"{_show(entry)}: {exc}; expected {_PF_NAMES_EXPECTED}"
+        if not _IFNAME.match(parsed.name):
+            why = f"{_show(parsed.name)} is not an interface name" if parsed.name else "no interface name before '#'"
+            return None, f"{_show(entry)}: {why}; expected {_PF_NAMES_EXPECTED}"
+    return tuple(dict.fromkeys(value)), None
 
 
 def _min_objects(value: object) -> dict[str, int] | None:

@@ -17,12 +17,14 @@ from deviceplugin.sysfs import (
 )
 
 _HEX = re.compile(r"^0x([0-9a-fA-F]+)$")
+_VIRTFN = re.compile(r"^virtfn([0-9]+)$")
 
 
 def discover_pci(sysfs_root: Path, problems: list[str]) -> tuple[PciDevice, ...]:
     """Every function under `bus/pci/devices`, ordered by address."""
     bus = sysfs_root / "bus/pci/devices"
     found: list[PciDevice] = []
+    vf_indexes: dict[Path, dict[Path, int]] = {}  # per PF directory, read once per scan: VF directory → N
     try:
         names = entries(bus)
     except SysfsError as exc:
@@ -33,7 +35,7 @@ def discover_pci(sysfs_root: Path, problems: list[str]) -> tuple[PciDevice, ...]
             problems.append(f"pci {name}: skipped: not a PCI address (DDDD:BB:DD.F)")
             continue
         try:
-            found.append(_read_function(bus / name, sysfs_root, problems))
+            found.append(_read_function(bus / name, sysfs_root, problems, vf_indexes))
         except SysfsError as exc:
             problems.append(f"pci {name}: skipped: {exc}")
     return tuple(found)
@@ -64,7 +66,29 @@ def _netdev(device_dir: Path) -> str | None:
     return names[0] if names else None
 
 
-def _read_function(link: Path, sysfs_root: Path, problems: list[str]) -> PciDevice:
+def _virtfn_indexes(pf_dir: Path, sysfs_root: Path) -> dict[Path, int]:
+    """Where each `virtfnN` link of a PF leads, as VF directory → N: the kernel's own numbering of the VFs
+    (sriov-dp's VF index, the `N` of `ip link set <pf> vf N`). A link that dangles, loops or leaves the tree
+    names no VF; it is skipped, so only the VF it should have named goes without an index."""
+    indexes: dict[Path, int] = {}
+    try:
+        names = entries(pf_dir)
+    except SysfsError:
+        return indexes
+    for name in names:
+        match = _VIRTFN.match(name)
+        if not match:
+            continue
+        try:
+            indexes[resolve_inside(pf_dir / name, sysfs_root)] = int(match.group(1))
+        except SysfsError:
+            continue
+    return indexes
+
+
+def _read_function(
+    link: Path, sysfs_root: Path, problems: list[str], vf_indexes: dict[Path, dict[Path, int]] | None = None
+) -> PciDevice:
     address = link.name
     fdir = resolve_inside(link, sysfs_root)
     try:
@@ -73,11 +97,17 @@ def _read_function(link: Path, sysfs_root: Path, problems: list[str]) -> PciDevi
         problems.append(f"pci {address}: {exc}; treated as having no IOMMU group")
         group = None
     pf_address = pf_name = None
+    vf_index: int | None = None
     if (fdir / "physfn").is_symlink():
         try:
             pf_dir = resolve_inside(fdir / "physfn", sysfs_root)
             pf_address = pf_dir.name if is_pci_address(pf_dir.name) else None
             pf_name = _netdev(pf_dir)
+            # Scanning a PF's links once per scan, not once per VF: a PF with hundreds of VFs stays linear.
+            cache = {} if vf_indexes is None else vf_indexes
+            if pf_dir not in cache:
+                cache[pf_dir] = _virtfn_indexes(pf_dir, sysfs_root)
+            vf_index = cache[pf_dir].get(fdir)
         except SysfsError as exc:
             problems.append(f"pci {address}: {exc}; PF unknown")
     return PciDevice(
@@ -92,4 +122,5 @@ def _read_function(link: Path, sysfs_root: Path, problems: list[str]) -> PciDevi
         pf_name=pf_name,
         netdev=_netdev(fdir),
         root_device=fdir.parent.name if is_pci_address(fdir.parent.name) else None,
+        vf_index=vf_index,
     )

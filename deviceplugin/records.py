@@ -65,6 +65,7 @@ class PciDevice:
     pf_name: str | None = None  # for a VF: the PF's netdev name, when the PF is kernel-bound
     netdev: str | None = None  # this function's netdev name, when kernel-bound
     root_device: str | None = None  # the upstream bridge/root port address, when there is one
+    vf_index: int | None = None  # for a VF: N of the PF's `virtfnN` link that leads to it; None when unknown
 
     @property
     def is_bridge(self) -> bool:

@@ -7,10 +7,17 @@ to or holds right now. A device already advertised that stops matching a state s
 unhealthy, so kubelet sees it go Unhealthy instead of vanishing (see pools.py). A new device failing
 `drivers` or `minObjects` is listed as left out with the reason; one failing `pfNames` is simply not selected
 (pools split by PF would otherwise list each other's devices).
+
+A `pfNames` entry is a PF netdev name, optionally with sriov-network-device-plugin's VF ranges after a `#`:
+`eth1` takes every VF of eth1, `eth1#0-3,5` only the VFs with index 0 to 3 and 5 (the N of the PF's `virtfnN`
+link). Unlike sriov-dp, which uses only the first entry naming a PF, every entry counts: `["eth1#0", "eth1#2"]`
+takes VFs 0 and 2.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,6 +33,61 @@ def binding(driver: str | None) -> str:
     return f"bound to {driver}" if driver else "unbound"
 
 
+# The SR-IOV capability counts VFs in 16 bits (TotalVFs), so no VF index is above 65535.
+VF_INDEX_MAX = 65535
+_RANGE_ITEM = re.compile(r"^([0-9]{1,10})(?:-([0-9]{1,10}))?$")
+
+
+@dataclass(frozen=True)
+class PfNameEntry:
+    """One parsed `pfNames` entry: the PF's netdev name and, when the entry had `#...`, the VF index ranges."""
+
+    name: str
+    ranges: tuple[tuple[int, int], ...] | None = None  # inclusive (first, last) pairs; None = every VF
+
+    def matches(self, fn: PciDevice) -> bool:
+        """Same PF name, and no range or the VF's index inside one; a VF whose index is unknown fails any range."""
+        if fn.pf_name != self.name:
+            return False
+        if self.ranges is None:
+            return True
+        return fn.vf_index is not None and any(first <= fn.vf_index <= last for first, last in self.ranges)
+
+    def __str__(self) -> str:
+        if self.ranges is None:
+            return self.name
+        spans = ",".join(str(a) if a == b else f"{a}-{b}" for a, b in self.ranges)
+        return f"{self.name} (VFs {spans})"
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_pf_name(entry: str) -> PfNameEntry:
+    """`eth1` or `eth1#0-3,5` as a `PfNameEntry`; ValueError with the reason for a malformed range part.
+
+    The name part is returned as written: whether it is a valid interface name is the config's rule. Cached,
+    because pools match every VF against the same few entries on every rescan."""
+    name, sep, spec = entry.partition("#")
+    if not sep:
+        return PfNameEntry(name)
+    if "#" in spec:
+        raise ValueError("more than one '#'")
+    if not spec:
+        raise ValueError("nothing after '#' (expected VF indexes like 0-3,5)")
+    ranges: list[tuple[int, int]] = []
+    for item in spec.split(","):
+        match = _RANGE_ITEM.match(item)
+        if not match:
+            raise ValueError(f"{item!r} is not a VF index N or an inclusive range N-M")
+        first = int(match.group(1))
+        last = first if match.group(2) is None else int(match.group(2))
+        if last > VF_INDEX_MAX:
+            raise ValueError(f"VF index {last} is above {VF_INDEX_MAX}")
+        if first > last:
+            raise ValueError(f"range {item} runs backwards")
+        ranges.append((first, last))
+    return PfNameEntry(name, tuple(ranges))
+
+
 @dataclass(frozen=True)
 class PciSelectors:
     """sriov-network-device-plugin's selector names, for vfio-pci pools. None = key not given."""
@@ -34,7 +96,7 @@ class PciSelectors:
     devices: tuple[str, ...] | None = None
     drivers: tuple[str, ...] | None = None
     pci_addresses: tuple[str, ...] | None = None
-    pf_names: tuple[str, ...] | None = None
+    pf_names: tuple[str, ...] | None = None  # as written: `eth1` or `eth1#0-3,5` (see parse_pf_name)
     # The upstream port the function sits under, or its PF (sriov-dp's meaning): either address matches.
     root_devices: tuple[str, ...] | None = None
 
@@ -54,10 +116,17 @@ class PciSelectors:
 
     def pf_mismatch(self, fn: PciDevice) -> str | None:
         """pfNames picks devices by their PF's current netdev name: a new device that fails it is simply not
-        selected; a device already advertised that fails it (the PF lost its netdev) turns Unhealthy."""
-        if self.pf_names is not None and fn.pf_name not in self.pf_names:
-            return f"{fn.address} needs PF {_one_of(self.pf_names)} but its PF is {fn.pf_name or 'without a netdev'}"
-        return None
+        selected; a device already advertised that fails it (the PF lost its netdev) turns Unhealthy. Any entry
+        matching is enough; an entry with VF ranges also needs the VF's index in one of them."""
+        if self.pf_names is None:
+            return None
+        wanted = tuple(parse_pf_name(e) for e in self.pf_names)
+        if any(entry.matches(fn) for entry in wanted):
+            return None
+        have = fn.pf_name or "without a netdev"
+        if fn.pf_name and any(entry.ranges is not None for entry in wanted):
+            have += f" (VF {fn.vf_index})" if fn.vf_index is not None else " (VF index unknown)"
+        return f"{fn.address} needs PF {_one_of(tuple(str(e) for e in wanted))} but its PF is {have}"
 
     def driver_mismatch(self, fn: PciDevice) -> str | None:
         if self.drivers is not None and fn.driver not in self.drivers:
