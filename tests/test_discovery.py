@@ -94,6 +94,7 @@ def test_pci_functions_of_the_default_board(board: SampleBoard) -> None:
         pf_name="eth1",
         netdev=None,
         root_device="0001:00:00.0",
+        vf_index=2,  # 0001:01:00.0/virtfn2 -> ../0001:01:00.3
     )
 
 
