@@ -12,10 +12,13 @@ import json
 import os
 import random
 import secrets
+import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -23,7 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cni import client
+
 REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the installed console scripts: vnfio, vnfio-cni-daemon
 REFERENCE_DIR = Path("/usr/lib/cni")
 T = TypeVar("T")
 N = TypeVar("N", ipaddress.IPv4Network, ipaddress.IPv6Network)
@@ -250,6 +256,127 @@ def run_reference(plugin: str, env: Mapping[str, str], conf: Mapping[str, Any]) 
         check=False,
     )
     return Outcome(proc.returncode, proc.stdout.decode())
+
+
+# --- the node daemon ---------------------------------------------------------------------------------------------
+
+
+def socket_answers(path: Path) -> bool:
+    """Whether something listens on the unix socket `path` (a stale or absent socket refuses the connect)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+class CniDaemonProcess:
+    """A real `vnfio-cni-daemon` process for one test: started, stopped, killed and restarted at will.
+
+    It runs in its own process group (so `kill()` takes the supervisor and every serving process at once, the way
+    an OOM kill or a node fault would), under a fixed umask, logging to a file the test can read while it runs and
+    after it is gone. The socket defaults to `<private dir>/run/cni.sock`: the private dir is a short mkdtemp, as a
+    unix socket path must fit in 108 bytes (pytest's tmp_path may not), and `run/` is made by the daemon itself.
+    As a context manager it starts on entry and, on exit, stops, kills whatever is left and removes the private dir.
+    """
+
+    def __init__(self, socket_path: Path | None = None, *, log_path: Path | None = None, processes: int = 2,
+                 workers: int = 8, umask: int = 0o022, log_level: str | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="vnfio-h-"))
+        self.socket = socket_path or self.dir / "run" / "cni.sock"
+        self.log_path = log_path or self.dir / "daemon.log"
+        self.processes, self.workers, self.umask, self.log_level = processes, workers, umask, log_level
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._last_log = ""  # the log as it was when close() removed the private dir (if it lived there)
+
+    def __enter__(self) -> CniDaemonProcess:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, timeout: float = 60) -> CniDaemonProcess:
+        """Start the daemon and return once its socket answers; fail with the log's tail if it exits first."""
+        assert self.proc is None or self.proc.poll() is not None, "the daemon is already running"
+        argv = [str(BIN / "vnfio-cni-daemon"), "--socket", str(self.socket), "--workers", str(self.workers),
+                "--processes", str(self.processes)]
+        if self.log_level:
+            argv += ["--log-level", self.log_level]
+        with open(self.log_path, "ab") as log:  # appended: a restarted daemon's log follows its predecessor's
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                         start_new_session=True, umask=self.umask)
+        deadline = time.monotonic() + timeout
+        while not socket_answers(self.socket):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"vnfio-cni-daemon exited with {self.proc.returncode}: {self.log_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"vnfio-cni-daemon did not listen within {timeout} s: {self.log_text()[-2000:]}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        """Send `signum` to the supervisor only (its serving processes follow it by PDEATHSIG, or stop with it on
+        SIGTERM) and return its exit status; None if it never ran. If it outlives `timeout`, its whole group is
+        SIGKILLed and the test fails: a daemon that ignores SIGTERM is a bug, and it is never left behind."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"vnfio-cni-daemon did not exit within {timeout} s of signal {signum}") from None
+
+    def kill(self) -> None:
+        """SIGKILL the daemon's whole process group, the way an OOM kill or a node fault would end it."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def restart(self) -> CniDaemonProcess:
+        """Kill the whole group and start again on the same socket (the new daemon must replace the dead one)."""
+        self.kill()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop (SIGTERM, bounded), then SIGKILL any serving process that outlived its supervisor; remove the
+        private dir, keeping the log's text for `log_text()`."""
+        try:
+            self.stop()
+        finally:
+            if self.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # the group outlives its leader while members remain
+            self._last_log = self.log_text()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_text(self) -> str:
+        """Everything the daemon (and its predecessors on this object) logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else self._last_log
+
+    def wait_for_log(self, text: str, timeout: float = 10) -> bool:
+        """Whether `text` shows up in the log within `timeout` (the daemon logs after it answers)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def run(self, env: Mapping[str, str], conf: Mapping[str, Any] | bytes, timeout: float = 60) -> Outcome:
+        """Exec the installed `vnfio` like a runtime, pointed at this daemon; it must not crash with a traceback."""
+        stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
+        proc = subprocess.run([str(BIN / "vnfio")], input=stdin, capture_output=True, check=False, timeout=timeout,
+                              env={**env, "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: str(self.socket)})
+        assert b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
+        return Outcome(proc.returncode, proc.stdout.decode())
 
 
 # --- debris ------------------------------------------------------------------------------------------------------

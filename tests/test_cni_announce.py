@@ -11,10 +11,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cni_helpers import Netns, Outcome, Scenario, cni_env, random_subnet, run_vnfio
+from cni_helpers import CniDaemonProcess, Netns, Outcome, Scenario, cni_env, random_subnet, run_vnfio
 
 from cni import deferred
 from cni.netns import run_in_netns
@@ -350,32 +348,14 @@ def test_through_the_node_daemon_a_neighbour_sees_the_gratuitous_arp(bridge_pair
                                                                      tmp_path: Path) -> None:
     """The real daemon process runs the ADD inside `deferred.collecting()` and the announcement after its reply: the
     neighbour still gets it. Its debug log proves it served the ADD (the client would fall back in-process)."""
-    from tests.test_cni_daemon import BIN, _answers, vnfio
+    from tests.test_cni_daemon import vnfio
 
     conf, _, b, sniffer = bridge_pair
-    sock, log_path = socket_dir / "cni.sock", tmp_path / "daemon.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [str(BIN / "vnfio-cni-daemon"), "--socket", str(sock), "--workers", "2", "--processes", "1",
-             "--log-level", "DEBUG"],
-            stdout=subprocess.DEVNULL, stderr=log_file,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not _answers(sock):
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the daemon did not listen within 30 s"
-            time.sleep(0.02)
-        added = vnfio(cni_env("ADD", "pod-b", b.path), conf, sock)
+    with CniDaemonProcess(socket_dir / "cni.sock", log_path=tmp_path / "daemon.log", processes=1, workers=2,
+                          log_level="DEBUG") as daemon:
+        added = vnfio(cni_env("ADD", "pod-b", b.path), conf, daemon.socket)
         mac, ip4 = _pod_identity(added)
         assert sniffer.gratuitous_from(mac, ip4, ARP_TIMEOUT) is not None, "no gratuitous ARP after the daemon's ADD"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-    log_text = log_path.read_text()
+    log_text = daemon.log_text()
     assert "CNI ADD pod-b/eth0: code 0" in log_text, log_text
     assert "deferred work failed" not in log_text and "gratuitous ARP of" not in log_text, log_text

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from cni import bundle, client
-from tests.cni_helpers import Outcome, Scenario, cni_env, random_subnet, reservation_files
-from tests.test_cni_daemon import DaemonProcess
+from tests.cni_helpers import CniDaemonProcess, Outcome, Scenario, cni_env, random_subnet, reservation_files
 
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INTERPRETERS = [sys.executable] + (["/usr/bin/python3"] if os.path.exists("/usr/bin/python3") else [])
@@ -94,18 +93,15 @@ def test_add_check_del_in_process_with_a_bare_interpreter(executable: Path, worl
 
 
 def test_add_check_del_through_a_daemon(executable: Path, world: Scenario, socket_dir: Path) -> None:
-    daemon = DaemonProcess(socket_dir / "cni.sock").start()
-    try:
+    with CniDaemonProcess(socket_dir / "cni.sock", workers=4) as daemon:
         _scenario(world, [str(executable)], daemon.socket, mode="veth")
-    finally:
         assert daemon.stop(signal.SIGTERM) == 0
 
 
 def test_the_forwarding_path_imports_nothing_heavy(executable: Path, world: Scenario, socket_dir: Path) -> None:
     """Replay the #! line with -X importtime: a forwarded DEL loads no json, socket, re, os, pyroute2 or cni module."""
     interpreter, argument = _shebang(executable)[2:].decode().strip().split(" ", 1)
-    daemon = DaemonProcess(socket_dir / "cni.sock").start()
-    try:
+    with CniDaemonProcess(socket_dir / "cni.sock", workers=4) as daemon:
         conf = {"cniVersion": "1.0.0", "name": f"b{world.tag}", "type": "vnfio", "mode": "veth",
                 "ipam": world.host_local(str(random_subnet()))}
         proc = subprocess.run(
@@ -116,8 +112,6 @@ def test_the_forwarding_path_imports_nothing_heavy(executable: Path, world: Scen
             check=False,
             timeout=60,
         )
-    finally:
-        daemon.stop()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
     assert {"_socket", "posix"} <= imported | set(sys.builtin_module_names)

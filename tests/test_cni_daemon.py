@@ -14,7 +14,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -26,6 +25,8 @@ import pytest
 from cni import client
 from cni.daemon import CniDaemon
 from tests.cni_helpers import (
+    BIN,
+    CniDaemonProcess,
     Netns,
     Outcome,
     Scenario,
@@ -33,66 +34,15 @@ from tests.cni_helpers import (
     cni_env,
     random_subnet,
     reservation_files,
+    socket_answers,
     suffix,
 )
 
-BIN = Path(sys.executable).parent
-
-
-class DaemonProcess:
-    """A `vnfio-cni-daemon` subprocess on `socket`, started and stopped by the test."""
-
-    def __init__(self, socket_path: Path) -> None:
-        self.socket = socket_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, processes: int = 2) -> DaemonProcess:
-        self.proc = subprocess.Popen(
-            [str(BIN / "vnfio-cni-daemon"), "--socket", str(self.socket), "--workers", "4",
-             "--processes", str(processes)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 30
-        while not _answers(self.socket):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
-            if time.monotonic() > deadline:
-                raise AssertionError("daemon did not listen within 30 s")
-            time.sleep(0.02)
-        return self
-
-    def stop(self, signum: int = signal.SIGTERM) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signum)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()  # never leave a daemon behind; its serving processes follow it (PDEATHSIG)
-            self.proc.wait(30)
-            raise AssertionError(f"the daemon did not exit within 30 s of signal {signum}") from None
-        finally:
-            if self.proc.stderr:
-                self.proc.stderr.close()
-
-
-def _answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-        return True
-
 
 @pytest.fixture
-def daemon(socket_dir: Path) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(socket_dir / "cni.sock").start()
-    try:
-        yield proc
-    finally:
-        proc.stop(signal.SIGKILL)
+def daemon(socket_dir: Path) -> Iterator[CniDaemonProcess]:
+    with CniDaemonProcess(socket_dir / "cni.sock", workers=4) as running:
+        yield running
 
 
 def vnfio(env: Mapping[str, str], conf: Mapping[str, Any], socket_path: Path, **extra: str) -> Outcome:
@@ -143,7 +93,7 @@ def _attachment(ns: Netns, ifname: str = "eth0") -> tuple[str, set[str]]:
 
 
 @pytest.mark.parametrize("mode", ["veth", "bridge", "macvlan"])
-def test_daemon_and_in_process_give_the_same_results(world: Scenario, daemon: DaemonProcess, mode: str) -> None:
+def test_daemon_and_in_process_give_the_same_results(world: Scenario, daemon: CniDaemonProcess, mode: str) -> None:
     subnet = str(random_subnet())
     conf = _conf(world, mode, subnet)
     absent = daemon.socket.with_name("absent.sock")
@@ -170,7 +120,7 @@ def test_daemon_and_in_process_give_the_same_results(world: Scenario, daemon: Da
     assert_no_debris(world, host_names)
 
 
-def test_errors_are_the_same_through_the_daemon(world: Scenario, daemon: DaemonProcess, tmp_path: Path) -> None:
+def test_errors_are_the_same_through_the_daemon(world: Scenario, daemon: CniDaemonProcess, tmp_path: Path) -> None:
     conf = _conf(world, "veth", str(random_subnet()))
     missing = f"/run/netns/vnfio-absent-{world.tag}"
     loop = tmp_path / "loop"
@@ -288,21 +238,18 @@ def test_a_daemon_restart_mid_run_loses_nothing(world: Scenario, socket_dir: Pat
     conf = _conf(world, "bridge", subnet)
     sock = socket_dir / "cni.sock"
     pods: list[tuple[Netns, str, dict[str, Any]]] = []
-    first = DaemonProcess(sock).start()
-    try:
+    with CniDaemonProcess(sock, workers=4) as first:
         for i in range(3):
             ns = world.netns()
             added = vnfio(cni_env("ADD", f"p{i}", ns.path), conf, sock)
             assert added.code == 0, added.out
             pods.append((ns, f"p{i}", added.json))
-    finally:
         first.stop(signal.SIGKILL)  # no goodbye: a stale socket and possibly held flocks die with it
-    assert sock.exists()
-    deadline = time.monotonic() + 30
-    while _answers(sock) and time.monotonic() < deadline:  # its serving processes follow it (PDEATHSIG)
-        time.sleep(0.05)
-    second = DaemonProcess(sock).start()
-    try:
+        assert sock.exists()
+        deadline = time.monotonic() + 30
+        while socket_answers(sock) and time.monotonic() < deadline:  # its serving processes follow it (PDEATHSIG)
+            time.sleep(0.05)
+    with CniDaemonProcess(sock, workers=4):
         for i in range(3, 6):
             ns = world.netns()
             added = vnfio(cni_env("ADD", f"p{i}", ns.path), conf, sock)
@@ -315,12 +262,10 @@ def test_a_daemon_restart_mid_run_loses_nothing(world: Scenario, socket_dir: Pat
         for ns, cid, result in pods:
             deleted = vnfio(cni_env("DEL", cid, ns.path), {**conf, "prevResult": result}, sock)
             assert (deleted.code, deleted.out) == (0, "")
-    finally:
-        second.stop()
     assert_no_debris(world, subnet="")
 
 
-def test_parallel_adds_through_the_daemon_get_distinct_addresses(world: Scenario, daemon: DaemonProcess) -> None:
+def test_parallel_adds_through_the_daemon_get_distinct_addresses(world: Scenario, daemon: CniDaemonProcess) -> None:
     conf = _conf(world, "bridge", str(random_subnet()))
     namespaces = [world.netns() for _ in range(12)]
     outcomes: dict[int, Outcome] = {}
@@ -342,7 +287,7 @@ def test_parallel_adds_through_the_daemon_get_distinct_addresses(world: Scenario
     assert reservation_files(world.data_dir) == []
 
 
-def test_the_daemon_uses_the_passed_fd_and_never_the_netns_path(world: Scenario, daemon: DaemonProcess) -> None:
+def test_the_daemon_uses_the_passed_fd_and_never_the_netns_path(world: Scenario, daemon: CniDaemonProcess) -> None:
     """The client runs in a private mount namespace where CNI_NETNS is a bind mount on a private tmpfs: the path
     does not exist for the daemon at all, so only the fd passed over the socket can have reached the netns."""
     conf = _conf(world, "veth", str(random_subnet()))
@@ -466,15 +411,13 @@ def test_a_stale_socket_is_replaced_but_a_live_daemon_is_not(socket_dir: Path) -
     path = socket_dir / "cni.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
         dead.bind(str(path))
-    first = DaemonProcess(path).start()
-    try:
+    with CniDaemonProcess(path, workers=4) as first:
         second = subprocess.run(
             [str(BIN / "vnfio-cni-daemon"), "--socket", str(path)], capture_output=True, text=True, timeout=60
         )
         assert second.returncode == 1
         assert "another daemon is already listening" in second.stderr
-        assert _answers(path)
-    finally:
+        assert socket_answers(path)
         assert first.stop(signal.SIGTERM) == 0
     assert not path.exists()  # a clean SIGTERM shutdown removes its socket
 
@@ -517,9 +460,8 @@ def _children(pid: int) -> set[int]:
 
 def test_a_dead_serving_process_is_replaced_and_sigterm_stops_them_all(world: Scenario, socket_dir: Path) -> None:
     conf = _conf(world, "veth", str(random_subnet()))
-    daemon = DaemonProcess(socket_dir / "cni.sock").start(processes=2)
-    assert daemon.proc is not None
-    try:
+    with CniDaemonProcess(socket_dir / "cni.sock", processes=2, workers=4) as daemon:
+        assert daemon.proc is not None
         deadline = time.monotonic() + 30
         while len(_children(daemon.proc.pid)) < 2 and time.monotonic() < deadline:  # the socket listens before
             time.sleep(0.05)
@@ -537,8 +479,7 @@ def test_a_dead_serving_process_is_replaced_and_sigterm_stops_them_all(world: Sc
             added = vnfio(cni_env("ADD", f"s{i}", ns.path), conf, daemon.socket)
             assert added.code == 0, added.out
             assert vnfio(cni_env("DEL", f"s{i}", ns.path), conf, daemon.socket).code == 0
-    finally:
         assert daemon.stop(signal.SIGTERM) == 0
-    assert not daemon.socket.exists()
-    for pid in replaced:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        assert not daemon.socket.exists()
+        for pid in replaced:  # checked before the helper's exit would SIGKILL the process group
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()

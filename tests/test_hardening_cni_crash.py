@@ -36,10 +36,8 @@ import pytest
 from cni import client
 from cni.daemon import CniDaemon
 from cni.skel import execute
-from tests.cni_helpers import Netns, Scenario, cni_env, random_subnet, reservation_files
-from tests.test_hardening_cni_socket import NodeDaemon
+from tests.cni_helpers import BIN, CniDaemonProcess, Netns, Scenario, cni_env, random_subnet, reservation_files
 
-BIN = Path(sys.executable).parent
 WARM_KILLS = 90
 REAL_KILLS = 10
 FRESH_ADD_EVERY = 10
@@ -363,8 +361,7 @@ def test_the_installed_daemon_killed_during_add_then_restarted_leaves_nothing(wo
                                                                             tmp_path: Path) -> None:
     """`vnfio-cni-daemon` with two serving processes, its whole process group SIGKILLed while the installed `vnfio`
     waits on it; restarted (it must replace its dead socket), the DEL goes through it."""
-    daemon = NodeDaemon(tmp_path / "daemon.log", processes=2, workers=4)
-    with daemon.running():
+    with CniDaemonProcess(log_path=tmp_path / "daemon.log", processes=2, workers=4) as daemon:
         run = _exec(daemon.socket)
 
         def timed_add(n: int) -> float:
@@ -389,9 +386,8 @@ def test_the_installed_daemon_killed_during_add_then_restarted_leaves_nothing(wo
             proc.stdin.close()
             time.sleep(random.uniform(total * 0.2, total))
             if proc.poll() is None:
-                daemon.kill()
+                daemon.restart()  # SIGKILL of the whole group, then a new daemon on the same socket
                 kills += 1
-                daemon.start()
             assert proc.stdout is not None
             out = proc.stdout.read()
             proc.stdout.close()

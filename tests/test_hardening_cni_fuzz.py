@@ -37,10 +37,8 @@ from hypothesis import strategies as st
 from cni import client
 from cni.skel import execute
 from cni.versions import SUPPORTED
-from tests.cni_helpers import Netns, Scenario, reservation_files
-from tests.test_hardening_cni_socket import NodeDaemon
+from tests.cni_helpers import BIN, CniDaemonProcess, Netns, Scenario, reservation_files
 
-BIN = Path(sys.executable).parent
 IN_PROCESS_CASES = 2000
 EXECUTABLE_CASES = 30  # each pays an interpreter start, and the in-process fallback an import of pyroute2
 DAEMON_CASES = 80
@@ -632,7 +630,7 @@ def test_the_executable_fuzzed_on_its_own(world: FuzzWorld) -> None:
 
 
 def test_the_executable_fuzzed_through_the_daemon(world: FuzzWorld, tmp_path: Path) -> None:
-    with NodeDaemon(tmp_path / "daemon.log").running() as daemon:
+    with CniDaemonProcess(log_path=tmp_path / "daemon.log") as daemon:
         fuzz(world, "daemon", _without_command(_executable(daemon.socket)), DAEMON_CASES, runtime_like=True)
     assert "Traceback" not in daemon.log_text()
 

@@ -21,11 +21,9 @@ from typing import Any
 import pytest
 
 from cni import client
-from tests.cni_helpers import Netns, Outcome, Scenario, cni_env, random_subnet, reservation_files
+from tests.cni_helpers import BIN, CniDaemonProcess, Netns, Outcome, Scenario, cni_env, random_subnet, reservation_files
 from tests.test_hardening_cni_crash import held_locks, pod_links
-from tests.test_hardening_cni_socket import NodeDaemon
 
-BIN = Path(sys.executable).parent
 PODS = 64
 ROUNDS = ("daemon", "daemon", "daemon", "mixed")
 
@@ -85,7 +83,7 @@ def all_at_once(command: str, world: LoadWorld, sockets: list[Path], tag: str) -
 @pytest.mark.parametrize("round_no", range(len(ROUNDS)))
 def test_64_concurrent_adds_then_dels_on_one_bridge(world: LoadWorld, tmp_path: Path, round_no: int) -> None:
     how = ROUNDS[round_no]
-    with NodeDaemon(tmp_path / "daemon.log", processes=2, workers=8).running() as daemon:
+    with CniDaemonProcess(log_path=tmp_path / "daemon.log", processes=2, workers=8) as daemon:
         # mixed: every other pod's executable finds no daemon at its socket path and does the work itself.
         sockets = [daemon.socket] if how == "daemon" else [daemon.socket, tmp_path / "no-daemon.sock"]
         tag = f"r{round_no}{world.scenario.tag}"
@@ -122,7 +120,7 @@ def test_a_range_of_n_addresses_serves_n_pods_and_the_next_fails_without_debris(
             "ipam": {**world.scenario.host_local(), "ranges": [[{"subnet": str(subnet), "rangeStart": str(hosts[1]),
                                                                 "rangeEnd": str(hosts[capacity])}]]}}
     pods = world.pods[: capacity + 3]
-    with NodeDaemon(tmp_path / "daemon.log", processes=2).running() as daemon:
+    with CniDaemonProcess(log_path=tmp_path / "daemon.log", processes=2) as daemon:
         socket_path = daemon.socket if how == "daemon" else tmp_path / "no-daemon.sock"
 
         def add(n: int) -> Outcome:

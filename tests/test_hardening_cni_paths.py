@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,18 @@ from typing import Any
 import pytest
 
 from cni import client
-from tests.cni_helpers import Outcome, Scenario, cni_env, random_subnet, reservation_files, suffix
+from tests.cni_helpers import (
+    BIN,
+    CniDaemonProcess,
+    Outcome,
+    Scenario,
+    cni_env,
+    random_subnet,
+    reservation_files,
+    suffix,
+)
 from tests.test_hardening_cni_crash import pod_links
-from tests.test_hardening_cni_socket import NodeDaemon
 
-BIN = Path(sys.executable).parent
 INVALID_ENV, UNKNOWN_CONTAINER, INVALID_CONFIG, INVALID_NETNS = 4, 3, 7, 8
 
 
@@ -92,8 +98,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeDaemon]:
-    with NodeDaemon(tmp_path_factory.mktemp("paths-daemon") / "daemon.log", processes=1).running() as running:
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CniDaemonProcess]:
+    with CniDaemonProcess(log_path=tmp_path_factory.mktemp("paths-daemon") / "daemon.log", processes=1) as running:
         yield running
 
 
@@ -110,7 +116,7 @@ def run(env: dict[str, str], conf: dict[str, Any], socket_path: Path) -> tuple[O
 
 @pytest.mark.parametrize("how", ["daemon", "executable"])
 def test_hostile_paths_and_names_are_refused_and_nothing_is_wired_or_written(
-    world: Scenario, daemon: NodeDaemon, tmp_path: Path, how: str
+    world: Scenario, daemon: CniDaemonProcess, tmp_path: Path, how: str
 ) -> None:
     pod = world.netns()
     ifname = f"h{suffix()}"  # unique, so a link wired into the host by mistake would be found by name

@@ -2,8 +2,7 @@
 
 A real `vnfio-cni-daemon` serves the real ADD; hostile peers are forked children of the test that drop to uid
 65534 (and, in one case, become "root" of a user namespace of their own) before they connect. Refused means
-refused: the pod netns stays empty and no address is reserved. `NodeDaemon` is also how the other hardening
-modules run the daemon (killed, restarted, loaded).
+refused: the pod netns stays empty and no address is reserved.
 """
 
 from __future__ import annotations
@@ -12,100 +11,19 @@ import contextlib
 import ctypes
 import json
 import os
-import shutil
-import signal
 import socket
 import stat
 import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cni import client
-from tests.cni_helpers import Outcome, Scenario, cni_env, random_subnet, reservation_files
+from tests.cni_helpers import BIN, CniDaemonProcess, Scenario, cni_env, random_subnet, reservation_files
 
-BIN = Path(sys.executable).parent
 NOBODY = 65534
-
-
-class NodeDaemon:
-    """A `vnfio-cni-daemon` in its own process group on a private socket, logging to a file; killable and
-    restartable at will (SIGKILL of the group takes the supervisor and every serving process at once)."""
-
-    def __init__(self, log_path: Path, processes: int = 2, workers: int = 8, umask: int = 0o022) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="vnfio-h-"))  # short: a socket path must fit in 108 bytes
-        self.socket = self.dir / "run" / "cni.sock"
-        self.log_path = log_path
-        self.processes = processes
-        self.workers = workers
-        self.umask = umask
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> NodeDaemon:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(BIN / "vnfio-cni-daemon"), "--socket", str(self.socket), "--workers", str(self.workers),
-                 "--processes", str(self.processes)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
-                umask=self.umask,
-            )
-        deadline = time.monotonic() + 60
-        while not self.answers():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"vnfio-cni-daemon exited with {self.proc.returncode}: {self.log_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError("vnfio-cni-daemon did not listen within 60 s")
-            time.sleep(0.01)
-        return self
-
-    def answers(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(self.socket))
-            except OSError:
-                return False
-            return True
-
-    def kill(self) -> None:
-        """SIGKILL the daemon's whole process group, the way an OOM kill or a node fault would end it."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[NodeDaemon]:
-        try:
-            yield self.start()
-        finally:
-            self.stop()
-            self.kill()  # serving processes that outlived a SIGTERM'd supervisor, if any
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def run(self, env: Mapping[str, str], conf: Mapping[str, Any] | bytes, timeout: float = 60) -> Outcome:
-        """Exec the installed `vnfio` like a runtime, pointed at this daemon."""
-        stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
-        proc = subprocess.run([str(BIN / "vnfio")], input=stdin, capture_output=True, check=False, timeout=timeout,
-                              env={**env, "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: str(self.socket)})
-        assert b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
-        return Outcome(proc.returncode, proc.stdout.decode())
 
 
 def _conf(world: Scenario) -> dict[str, Any]:
@@ -191,7 +109,7 @@ def test_a_non_root_peer_is_refused_and_nothing_is_done(world: Scenario, tmp_pat
     pod = world.netns()
     conf = _conf(world)
     env = cni_env("ADD", f"c{world.tag}", pod.path)
-    with NodeDaemon(tmp_path / "daemon.log").running() as daemon:
+    with CniDaemonProcess(log_path=tmp_path / "daemon.log") as daemon:
         # Open the modes on purpose: only the SO_PEERCRED check stands between the peer and the daemon.
         os.chmod(daemon.dir, 0o755)
         os.chmod(daemon.socket.parent, 0o755)
@@ -219,7 +137,7 @@ def test_socket_modes_and_no_world_writable_file_even_with_umask_0(world: Scenar
     pods = [world.netns() for _ in range(2)]
     conf = _conf(world)
     conf["ipMasq"] = False
-    with NodeDaemon(tmp_path / "daemon.log", umask=0).running() as daemon:
+    with CniDaemonProcess(log_path=tmp_path / "daemon.log", umask=0) as daemon:
         socket_dir = daemon.socket.parent
         assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
         assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
@@ -246,7 +164,7 @@ def test_a_client_that_connects_and_sends_garbage_or_nothing_leaves_the_daemon_s
 ) -> None:
     pod = world.netns()
     conf = _conf(world)
-    with NodeDaemon(tmp_path / "daemon.log", processes=1).running() as daemon:
+    with CniDaemonProcess(log_path=tmp_path / "daemon.log", processes=1) as daemon:
         junk = [b"", b"GET / HTTP/1.0\r\n\r\n", client.MAGIC + b"\xff" * 8, client.MAGIC + b"\0\0\0\x10\0\0\0\0abc",
                 os.urandom(4096)]
         for data in junk:
