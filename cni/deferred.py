@@ -1,9 +1,10 @@
 """Work that may wait until the runtime has its answer.
 
-Some of an ADD serves the network rather than the answer: the gratuitous ARP that tells the pod's neighbours its
-MAC costs the sender one copy per bridge port (~1.5 ms at 500 ports), all of it in the kernel's softirq of the
-sending thread. In the node daemon such work is collected while the command runs and done right after the reply
-is sent; everywhere else (the in-process path, tests) `later` simply runs it at once.
+Some work serves the network rather than the answer. An ADD's gratuitous ARP, which tells the pod's neighbours its
+MAC, costs the sender one copy per bridge port (~1.5 ms at 500 ports), all of it in the sending thread's softirq.
+A DEL's link delete makes the kernel wait for RCU grace periods (~20-40 ms) long after the pod has lost the link
+(see `cni.modes.remove_pod_link`). In the node daemon such work is collected while the command runs and done right
+after the reply is sent; everywhere else (the in-process path, tests) `later` simply runs it at once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def later(action: Action) -> None:
         action()
     else:
         pending.append(action)
+
+
+def active() -> bool:
+    """Whether `later` queues here (the node daemon runs this command) rather than running at once."""
+    return _pending.get() is not None
 
 
 @contextmanager

@@ -6,6 +6,7 @@ A mode module (`veth`, `macvlan`, `bridge`) exposes `cmd_add(call) -> Result`, `
 
 from __future__ import annotations
 
+import errno
 import importlib
 import ipaddress
 import logging
@@ -21,7 +22,7 @@ from cni.result import Interface, IPConfig, Result, parse_result
 if TYPE_CHECKING:
     from cni.ipam import IpamRequest
     from cni.netns import Netlink
-    from cni.rtnl import Link
+    from cni.rtnl import Link, Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,77 @@ def announce(call: Call, pod: Netlink, index: int, mac: str, ips: tuple[IPConfig
             rtnl.close()
 
     deferred.later(send)
+
+
+RETIRED_PREFIX = "vnfiorm"  # + the link's index in hex: a pod link DEL has taken down, waiting for its delete
+
+
+def remove_pod_link(call: Call, pod: Netlink, host_end_down: bool = False) -> None:
+    """DEL's removal of the pod's link (CNI_IFNAME), and of its veth peer with it.
+
+    Deleting a link costs the kernel 20-40 ms here, nearly all of it waiting for RCU grace periods, while the pod
+    is cut off from the link after ~1 ms: set down (its routes go with it) and renamed out of CNI_IFNAME's way, so
+    a new ADD into this netns finds the name free. When the node daemon runs the DEL, it does just that before
+    answering and deletes the link right after the answer (`cni.deferred`); for mode veth the host end, which
+    carries the host route to the pod's address, is taken down too, so the address can be given out again at once.
+    The IPAM release and the nftables rules are not deferred. In-process the link is deleted at once.
+
+    A retired link that a killed daemon never deleted goes with the netns, or with the next DEL in it (each
+    deferred delete also sweeps any other `vnfiorm*` link of the namespace)."""
+    from cni import deferred
+    from cni.links import del_link_by_name, link_state_by_name
+    from cni.netns import host_netlink
+    from cni.rtnl import RtnlError
+
+    name = call.req.ifname
+    if not deferred.active():
+        del_link_by_name(pod, name)
+        _sweep_retired(pod.rtnl, keep="")
+        return
+    link = link_state_by_name(pod, name)
+    retired = ""
+    if link is not None:
+        retired = f"{RETIRED_PREFIX}{link.index:x}"
+        try:
+            if host_end_down and link.kind == "veth" and link.peer:
+                with host_netlink() as host:
+                    peer = host.rtnl.get_link(index=link.peer)
+                    if peer.kind == "veth" and peer.peer == link.index:
+                        host.rtnl.set_link(index=peer.index, up=False)
+            pod.rtnl.set_link(index=link.index, up=False, ifname=retired)
+        except RtnlError as exc:
+            log.info("DEL %s: could not retire %s (%s); deleting it now", call.req.container_id, name, exc)
+            del_link_by_name(pod, name)
+            retired = ""
+    rtnl = pod.rtnl.dup()
+
+    def delete() -> None:
+        try:
+            if retired:
+                try:
+                    rtnl.del_link(retired)
+                except RtnlError as exc:
+                    if exc.code != errno.ENODEV:
+                        log.warning("DEL %s: deleting %s failed: %s", call.req.container_id, retired, exc)
+            _sweep_retired(rtnl, keep=retired)
+        finally:
+            rtnl.close()
+
+    deferred.later(delete)
+
+
+def _sweep_retired(rtnl: Rtnl, keep: str) -> None:
+    """Delete what a killed daemon retired and never deleted in this namespace (a dump of a pod's few links)."""
+    from cni.rtnl import RtnlError
+
+    for link in rtnl.links():
+        if link.name.startswith(RETIRED_PREFIX) and link.name != keep:
+            try:
+                rtnl.del_link(link.name)
+                log.info("deleted %s, left retired by an earlier DEL", link.name)
+            except RtnlError as exc:
+                if exc.code != errno.ENODEV:
+                    log.warning("could not delete %s, left retired by an earlier DEL: %s", link.name, exc)
 
 
 def families(ipam: Result) -> set[int]:

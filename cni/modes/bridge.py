@@ -18,7 +18,6 @@ from cni.links import (
     addresses,
     attach_port,
     configure_iface,
-    del_link_by_name,
     del_link_quietly,
     ensure_bridge,
     link_index,
@@ -44,6 +43,7 @@ from cni.modes import (
     masquerade_del_quietly,
     pod_ipv6_sysctls,
     prev_container_iface,
+    remove_pod_link,
 )
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, IPConfig, Result, Route
@@ -153,7 +153,7 @@ def cmd_del(call: Call) -> None:
     if call.netns_fd is not None:
         with netlink_in(call.netns_fd) as pod:
             # The host veth goes with its peer; the bridge stays.
-            del_link_by_name(pod, call.req.ifname)
+            remove_pod_link(call, pod)
     ipam_del(call)
     masquerade_del(call)
     if call.conf.bridge.macspoofchk:

@@ -15,7 +15,6 @@ from cni.links import (
     configure_iface,
     create_macvlan,
     default_route_link,
-    del_link_by_name,
     del_link_quietly,
     link_index,
     link_state,
@@ -35,6 +34,7 @@ from cni.modes import (
     ipam_release_quietly,
     pod_ipv6_sysctls,
     prev_container_iface,
+    remove_pod_link,
 )
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, Result
@@ -104,7 +104,7 @@ def cmd_del(call: Call) -> None:
     ipam_del(call)
     if call.netns_fd is not None:
         with netlink_in(call.netns_fd) as pod:
-            del_link_by_name(pod, call.req.ifname)
+            remove_pod_link(call, pod)
             _del_orphaned_temporaries(pod)
 
 

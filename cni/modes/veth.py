@@ -16,7 +16,6 @@ from cni.links import (
     add_address,
     add_route,
     addresses,
-    del_link_by_name,
     del_link_quietly,
     link_index,
     link_state_by_name,
@@ -40,6 +39,7 @@ from cni.modes import (
     masquerade_del_quietly,
     pod_ipv6_sysctls,
     prev_container_iface,
+    remove_pod_link,
 )
 from cni.netns import host_netlink, netlink_in, run_in_netns, write_sysctl
 from cni.result import Interface, IPConfig, Result
@@ -121,7 +121,7 @@ def cmd_del(call: Call) -> None:
     if call.netns_fd is not None:
         with netlink_in(call.netns_fd) as pod:
             # Deleting the pod end deletes the host end, its /32 gateway address and the host route with it.
-            del_link_by_name(pod, call.req.ifname)
+            remove_pod_link(call, pod, host_end_down=True)
 
 
 def cmd_check(call: Call) -> None:
