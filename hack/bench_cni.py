@@ -245,6 +245,9 @@ class Phase:
 
     latencies: list[float] = field(default_factory=list)
     wall: float = 0.0
+    # DEL only: ms from the exec's exit until the pod netns holds nothing but lo (vnfio's daemon deletes the
+    # link after its answer; the reference, before).
+    gone_after: list[float] = field(default_factory=list)
 
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies)
@@ -274,6 +277,27 @@ def _one(run: Run, op: str, index: int) -> float:
     return elapsed
 
 
+def wait_links_gone(namespaces: Sequence[str], timeout: float = 30.0) -> None:
+    """Until every namespace holds only lo (a DEL's link may still be going away in the kernel), asked over one
+    netlink socket per namespace, so the wait itself adds well under a millisecond."""
+    from cni.netns import run_in_netns
+    from cni.rtnl import Rtnl
+
+    deadline = time.monotonic() + timeout
+    for netns in namespaces:
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sock = run_in_netns(fd, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0).detach())
+            rtnl = Rtnl(fileno=sock)
+        finally:
+            os.close(fd)
+        try:
+            while [link.name for link in rtnl.links()] != ["lo"] and time.monotonic() < deadline:
+                time.sleep(0.0005)  # past the deadline: verify_deleted names what is left
+        finally:
+            rtnl.close()
+
+
 def serial_interleaved(runs: Sequence[Run], count: int, settle: float = 0.0) -> None:
     """Pod by pod, each implementation in turn, op by op; verify after ADD and after DEL.
 
@@ -286,7 +310,12 @@ def serial_interleaved(runs: Sequence[Run], count: int, settle: float = 0.0) -> 
             for run in runs:
                 t0 = time.perf_counter()
                 run.serial[op].latencies.append(_one(run, op, index))
-                started[id(run)] += time.perf_counter() - t0
+                done = time.perf_counter()
+                started[id(run)] += done - t0
+                if op == "DEL":
+                    # The next exec, the other implementation's, starts only once this pod's link is gone.
+                    wait_links_gone([run.namespaces[index]])
+                    run.serial[op].gone_after.append((time.perf_counter() - done) * 1e3)
                 if settle:
                     time.sleep(settle)
         for run in runs:
@@ -304,6 +333,8 @@ def parallel(run: Run, count: int, workers: int) -> None:
         for op in OPS:
             started = time.perf_counter()
             run.parallel[op].latencies = list(pool.map(lambda i, op=op: _one(run, op, i), range(count)))
+            if op == "DEL":
+                wait_links_gone(run.namespaces[:count])  # throughput counts until the links are really gone
             run.parallel[op].wall = time.perf_counter() - started
             if op == "ADD":
                 verify_added(run.impl, run.namespaces[:count], run.results)
@@ -550,6 +581,11 @@ def report(mode: str, runs: list[Run], inproc: Run | None, args: argparse.Namesp
         for run in runs:
             for op in OPS:
                 out.append(fmt_phase(f"{run.impl.name} P={args.workers}", op, run.parallel[op]))
+    for run in runs:
+        gone = Phase(latencies=run.serial["DEL"].gone_after)
+        if gone.latencies:
+            out.append(f"  DEL {run.impl.name}: the pod's links gone after the exec returned, p50 "
+                       f"{gone.pct(0.5):.1f} ms, p90 {gone.pct(0.9):.1f} ms")
     for run in runs:
         g = growth(run.serial["ADD"])
         if g is not None:
