@@ -11,7 +11,10 @@ Per mode, the reference and vnfio get identical subnets and options, each on its
     veth     reference `ptp` + host-local                 vs  vnfio mode veth + host-local
 
 Serial phases interleave the implementations pod by pod (pod i: reference, then vnfio), so machine noise hits
-both alike; the parallel phases (P workers) run one implementation after the other. Every result is verified
+both alike; the parallel phases (P workers) run one implementation after the other. A DEL counts until its exec
+exits, as a runtime sees it; vnfio's daemon deletes the link right after answering, so the harness also waits
+until the pod netns holds only lo before the next exec (serial; reported as "gone after") or before it stops the
+clock of the phase (P workers). Every result is verified
 (eth0 up with the result's address in each netns, no duplicate address; after DEL: only `lo` left, host veths
 gone, no IPAM reservation left). Everything made here is removed at the end, also on Ctrl-C or SIGTERM.
 
