@@ -219,41 +219,40 @@ RETIRED_PREFIX = "vnfiorm"  # + the link's index in hex: a pod link DEL has take
 def remove_pod_link(call: Call, pod: Netlink, host_end_down: bool = False) -> None:
     """DEL's removal of the pod's link (CNI_IFNAME), and of its veth peer with it.
 
-    Deleting a link costs the kernel 20-40 ms here, nearly all of it waiting for RCU grace periods, while the pod
-    is cut off from the link after ~1 ms: set down (its routes go with it) and renamed out of CNI_IFNAME's way, so
-    a new ADD into this netns finds the name free. When the node daemon runs the DEL, it does just that before
-    answering and deletes the link right after the answer (`cni.deferred`); for mode veth the host end, which
-    carries the host route to the pod's address, is taken down too, so the address can be given out again at once.
-    The IPAM release and the nftables rules are not deferred. In-process the link is deleted at once.
+    Deleting a veth costs the kernel 20-40 ms here, nearly all of it waiting for RCU grace periods, while the pod
+    is cut off from it after ~1 ms: set down (its routes go with it) and renamed out of CNI_IFNAME's way, so a new
+    ADD into this netns finds the name free. When the node daemon runs the DEL, it does just that before answering
+    and deletes the link right after the answer (`cni.deferred`); with `host_end_down` (mode veth, whose host end
+    carries the host route to the pod's address) the host end is taken down too, so the address can be given out
+    again at once. The IPAM release and the nftables rules are not deferred. In-process, and for a macvlan (which
+    waits for a full RCU grace period under the rtnl lock to go down, though not to be deleted, so retiring it would
+    cost what deleting it does), the link is deleted at once.
 
-    A retired link that a killed daemon never deleted goes with the netns, or with the next DEL in it (each
-    deferred delete also sweeps any other `vnfiorm*` link of the namespace)."""
+    A retired link that a killed daemon never deleted goes with the netns, or with the next DEL in it (after every
+    DEL, any other `vnfiorm*` link of the namespace is deleted)."""
     from cni import deferred
     from cni.links import del_link_by_name, link_state_by_name
     from cni.netns import host_netlink
     from cni.rtnl import RtnlError
 
     name = call.req.ifname
-    if not deferred.active():
-        del_link_by_name(pod, name)
-        _sweep_retired(pod.rtnl, keep="")
-        return
-    link = link_state_by_name(pod, name)
+    link = link_state_by_name(pod, name) if deferred.active() else None
     retired = ""
-    if link is not None:
-        retired = f"{RETIRED_PREFIX}{link.index:x}"
+    if link is not None and link.kind == "veth":
         try:
-            if host_end_down and link.kind == "veth" and link.peer:
+            if host_end_down and link.peer:
                 with host_netlink() as host:
                     peer = host.rtnl.get_link(index=link.peer)
                     if peer.kind == "veth" and peer.peer == link.index:
                         host.rtnl.set_link(index=peer.index, up=False)
+            retired = f"{RETIRED_PREFIX}{link.index:x}"
             pod.rtnl.set_link(index=link.index, up=False, ifname=retired)
         except RtnlError as exc:
             log.info("DEL %s: could not retire %s (%s); deleting it now", call.req.container_id, name, exc)
-            del_link_by_name(pod, name)
             retired = ""
-    rtnl = pod.rtnl.dup()
+    if not retired:
+        del_link_by_name(pod, name)
+    rtnl = pod.rtnl.dup()  # the pod's Netlink is closed by the time a deferred action runs
 
     def delete() -> None:
         try:
