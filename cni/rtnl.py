@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 # rtnetlink message types and flags (linux/rtnetlink.h, linux/netlink.h)
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 RTM_GETNETCONF = 82
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x300, 0x200, 0x400
@@ -293,6 +293,15 @@ class Rtnl:
         data = attr(IFLA_MACVLAN_MODE, _u32(MACVLAN_MODE_IDS[mode]))
         attrs += attr(IFLA_LINKINFO, attr(IFLA_INFO_KIND, _str("macvlan")) + attr(IFLA_INFO_DATA, data))
         self.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, _IFINFO.pack(0, 0, 0, 0, 0) + attrs)
+
+    def del_address(self, index: int, address: str, prefixlen: int) -> None:
+        ip = ipaddress.ip_address(address)
+        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        body = _IFADDR.pack(family, prefixlen, 0, 0, index)
+        if ip.version == 4:
+            body += attr(IFA_LOCAL, ip.packed)
+        body += attr(IFA_ADDRESS, ip.packed)
+        self.request(RTM_DELADDR, NLM_F_ACK, body)
 
     def add_address(self, index: int, address: str, prefixlen: int, flags: int = 0) -> None:
         ip = ipaddress.ip_address(address)

@@ -159,15 +159,22 @@ def test_collecting_del_retires_the_link_and_run_deletes_it(world: Scenario, mod
     assert_no_debris(world)
 
 
-def test_collecting_del_deletes_a_macvlan_before_the_answer(world: Scenario) -> None:
-    """A macvlan is not retired: taking one down waits for a whole RCU grace period under the rtnl lock, so it
-    is deleted at once, also in the daemon (only the sweep of leftovers follows the answer)."""
+def test_collecting_del_strips_a_macvlan_and_run_deletes_it(world: Scenario) -> None:
+    """A macvlan is retired without being taken down (that waits for a whole RCU grace period under the rtnl
+    lock): renamed, still up, but with no address left to answer for; deferred.run deletes it."""
     conf = _conf(world, "macvlan", random_subnet())
     ns = world.netns()
     result = _add(ns, conf)
+    old_index = ns.links()["eth0"]["ifindex"]
     out, actions = _collecting_del(ns, conf, result)
     assert (out.code, out.out) == (0, "")
-    assert set(ns.links()) == {"lo"}
+    links = ns.links()
+    assert set(links) == {"lo", f"{RETIRED_PREFIX}{old_index:x}"}, links.keys()
+    retired = f"{RETIRED_PREFIX}{old_index:x}"
+    assert links[retired]["ifindex"] == old_index
+    assert {a for a in ns.addresses(retired) if not a.startswith("fe80:")} == set()
+    # Its IPv4 routes went with its address; only the kernel's own link-local route is left.
+    assert [r["dst"] for r in _main_routes_via(ns, retired)] in ([], ["fe80::/64"])
     assert reservation_files(world.data_dir) == []
     deferred.run(actions)
     assert set(ns.links()) == {"lo"}

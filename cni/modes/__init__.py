@@ -224,9 +224,9 @@ def remove_pod_link(call: Call, pod: Netlink, host_end_down: bool = False) -> No
     ADD into this netns finds the name free. When the node daemon runs the DEL, it does just that before answering
     and deletes the link right after the answer (`cni.deferred`); with `host_end_down` (mode veth, whose host end
     carries the host route to the pod's address) the host end is taken down too, so the address can be given out
-    again at once. The IPAM release and the nftables rules are not deferred. In-process, and for a macvlan (which
-    waits for a full RCU grace period under the rtnl lock to go down, though not to be deleted, so retiring it would
-    cost what deleting it does), the link is deleted at once.
+    again at once. A macvlan is not taken down (that waits for a whole RCU grace period under the rtnl lock): it
+    loses its addresses instead. The IPAM release and the nftables rules are not deferred. In-process the link is
+    deleted at once.
 
     A retired link that a killed daemon never deleted goes with the netns, or with the next DEL in it (after every
     DEL, any other `vnfiorm*` link of the namespace is deleted)."""
@@ -238,15 +238,24 @@ def remove_pod_link(call: Call, pod: Netlink, host_end_down: bool = False) -> No
     name = call.req.ifname
     link = link_state_by_name(pod, name) if deferred.active() else None
     retired = ""
-    if link is not None and link.kind == "veth":
+    if link is not None:
         try:
-            if host_end_down and link.peer:
-                with host_netlink() as host:
-                    peer = host.rtnl.get_link(index=link.peer)
-                    if peer.kind == "veth" and peer.peer == link.index:
-                        host.rtnl.set_link(index=peer.index, up=False)
-            retired = f"{RETIRED_PREFIX}{link.index:x}"
-            pod.rtnl.set_link(index=link.index, up=False, ifname=retired)
+            if link.kind == "veth":
+                if host_end_down and link.peer:
+                    with host_netlink() as host:
+                        peer = host.rtnl.get_link(index=link.peer)
+                        if peer.kind == "veth" and peer.peer == link.index:
+                            host.rtnl.set_link(index=peer.index, up=False)
+                retired = f"{RETIRED_PREFIX}{link.index:x}"
+                pod.rtnl.set_link(index=link.index, up=False, ifname=retired)
+            else:
+                # A macvlan waits for a whole RCU grace period, under the rtnl lock, to go down (not to be
+                # deleted): it stays up, renamed, without its addresses, so it answers for none of them.
+                for address in pod.rtnl.addresses(link.index):
+                    if not ipaddress.ip_address(address.address).is_link_local:
+                        pod.rtnl.del_address(link.index, address.address, address.prefixlen)
+                retired = f"{RETIRED_PREFIX}{link.index:x}"
+                pod.rtnl.set_link(index=link.index, ifname=retired)
         except RtnlError as exc:
             log.info("DEL %s: could not retire %s (%s); deleting it now", call.req.container_id, name, exc)
             retired = ""
