@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -464,12 +464,27 @@ class Scenario:
             ns.close()
 
 
+C = TypeVar("C", bound=Sized)
+
+
+def settled(probe: Callable[[], C], timeout: float = 10.0) -> C:
+    """`probe()` once it comes back empty, or its last answer after `timeout` seconds.
+
+    A DEL through the node daemon answers first and deletes the pod's link right after (cni.modes.remove_pod_link),
+    so what it leaves is checked as "gone within a bounded time", not "gone at the answer"; the in-process path,
+    which deletes before answering, has its own immediate checks (tests/test_cni_del_deferred.py)."""
+    deadline = time.monotonic() + timeout
+    while (found := probe()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return found
+
+
 def assert_no_debris(scenario: Scenario, host_names: set[str] = frozenset(), subnet: str = "") -> None:
     """Nothing a failed or deleted attachment could leave: host links by name, host addresses or routes mentioning
-    the test subnet, IPAM reservations."""
-    assert host_links_with(set(host_names)) == set(), "host links left behind"
+    the test subnet (within a bounded wait, see `settled`), IPAM reservations."""
+    assert settled(lambda: host_links_with(set(host_names))) == set(), "host links left behind"
     if subnet:
-        assert host_mentions(subnet) == [], "host addresses or routes left behind"
+        assert settled(lambda: host_mentions(subnet)) == [], "host addresses or routes left behind"
     assert reservation_files(scenario.data_dir) == [], "IPAM reservations left behind"
 
 

@@ -36,7 +36,16 @@ import pytest
 from cni import client
 from cni.daemon import CniDaemon
 from cni.skel import execute
-from tests.cni_helpers import BIN, CniDaemonProcess, Netns, Scenario, cni_env, random_subnet, reservation_files
+from tests.cni_helpers import (
+    BIN,
+    CniDaemonProcess,
+    Netns,
+    Scenario,
+    cni_env,
+    random_subnet,
+    reservation_files,
+    settled,
+)
 
 WARM_KILLS = 90
 REAL_KILLS = 10
@@ -163,7 +172,7 @@ def _clean_up_and_check(world: CrashWorld, n: int, delete: Callable[[dict[str, s
     env, stdin = world.attachment(n)
     code, out = delete({**env, "CNI_COMMAND": "DEL"}, stdin)
     assert code == 0, f"DEL after a killed ADD failed: {out}"
-    assert world.leftovers() == [], f"after the kill of ADD {n} and its DEL"
+    assert settled(world.leftovers) == [], f"after the kill of ADD {n} and its DEL"
 
 
 def _fresh_add(world: CrashWorld, n: int, run: Callable[[dict[str, str], bytes], tuple[int, str]]) -> None:

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from cni import client
 from cni.skel import execute
 from cni.versions import SUPPORTED
-from tests.cni_helpers import BIN, CniDaemonProcess, Netns, Scenario, reservation_files
+from tests.cni_helpers import BIN, CniDaemonProcess, Netns, Scenario, reservation_files, settled
 
 IN_PROCESS_CASES = 2000
 EXECUTABLE_CASES = 30  # each pays an interpreter start, and the in-process fallback an import of pyroute2
@@ -559,7 +559,7 @@ def run_case(inspector: Inspector, env: dict[str, str], stdin: bytes, how: str, 
     if code and answer["code"] == 999 and answer["msg"].startswith("internal error:"):
         pytest.fail(f"unexpected exception: {answer['msg']}")
     then_delete(env, stdin, answer, code)
-    problems = inspector.leftovers(answer if added else None)
+    problems = settled(lambda: inspector.leftovers(answer if added else None))
     if b'"ipMasq": true' in stdin or b'"macspoofchk": true' in stdin:
         problems += inspector.nft_leftovers()
     assert problems == [], f"left behind after {env.get('CNI_COMMAND')} and DEL: {problems}"
@@ -606,7 +606,7 @@ def fuzz(w: FuzzWorld, how: str, run: Any, cases: int, runtime_like: bool = Fals
     with tracebacks_logged() as errors:
         case()
     assert errors.records == [], [r.getMessage() for r in errors.records]
-    assert inspector.leftovers(None, full=True) == []
+    assert settled(lambda: inspector.leftovers(None, full=True)) == []
     report(how)
 
 

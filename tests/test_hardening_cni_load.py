@@ -21,7 +21,17 @@ from typing import Any
 import pytest
 
 from cni import client
-from tests.cni_helpers import BIN, CniDaemonProcess, Netns, Outcome, Scenario, cni_env, random_subnet, reservation_files
+from tests.cni_helpers import (
+    BIN,
+    CniDaemonProcess,
+    Netns,
+    Outcome,
+    Scenario,
+    cni_env,
+    random_subnet,
+    reservation_files,
+    settled,
+)
 from tests.test_hardening_cni_crash import held_locks, pod_links
 
 PODS = 64
@@ -97,7 +107,7 @@ def test_64_concurrent_adds_then_dels_on_one_bridge(world: LoadWorld, tmp_path: 
         assert len(bridge_ports(world.bridge)) == PODS
         deleted = all_at_once("DEL", world, sockets, tag)
         assert [o.out for o in deleted if o.code != 0] == []
-        assert world.leftovers() == []
+        assert settled(world.leftovers) == []
     assert "Traceback" not in daemon.log_text()
     sys.__stderr__.write(f"load round {round_no + 1} ({how}): {PODS} concurrent ADDs and {PODS} DELs on one bridge, "
                          f"0 errors, {len(set(addresses))} distinct addresses, nothing left\n")
