@@ -177,6 +177,10 @@ def cni_part(tmp: Path) -> None:
         for ns, result in zip(pods, results, strict=True):
             cni("CHECK", ns, result)
             cni("DEL", ns, result)
+            # The daemon answers DEL once the link is retired (down, renamed) and deletes it right after.
+            deadline = time.monotonic() + 5
+            while set(ns.links()) != {"lo"} and time.monotonic() < deadline:
+                time.sleep(0.01)
             show(f"{ns.name}: CHECK ok, DEL ok; links left in the pod: {sorted(ns.links())}")
 
 

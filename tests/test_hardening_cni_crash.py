@@ -182,7 +182,7 @@ def _fresh_add(world: CrashWorld, n: int, run: Callable[[dict[str, str], bytes],
     assert code == 0, f"an ADD after the kills failed: {out}"
     code, out = run({**env, "CNI_COMMAND": "DEL"}, stdin)
     assert code == 0, out
-    assert world.leftovers() == []
+    assert settled(world.leftovers) == []
 
 
 def _in_process(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
