@@ -24,7 +24,7 @@ WORKDIR /src
 RUN python -m venv /opt/vnfio/venv
 # Dependencies first, from the pinned list, so a source change does not reinstall them.
 COPY hack/requirements.lock hack/requirements.lock
-RUN /opt/vnfio/venv/bin/pip install --no-cache-dir -r hack/requirements.lock
+RUN /opt/vnfio/venv/bin/pip install --no-cache-dir --require-hashes -r hack/requirements.lock
 COPY pyproject.toml README.md ./
 COPY deviceplugin deviceplugin
 COPY cni cni

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.tags import Tag
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
@@ -25,11 +26,15 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 LOCK = REPO / "hack" / "requirements.lock"
 LOCK_HEADER = """\
-# Runtime dependencies of vnfio (pyproject [project].dependencies) and everything they pull in, pinned.
-# The container image installs exactly this list: `pip install --no-cache-dir -r hack/requirements.lock`.
-# Resolved for CPython 3.11 on Linux (the image's platform). Regenerate from a venv with vnfio installed:
+# Runtime dependencies of vnfio (pyproject [project].dependencies) and everything they pull in, pinned, with the
+# sha256 of every file PyPI has for each pinned version (pip's hash-checking mode: a file that differs is refused).
+# The container image installs exactly this list: `pip install --no-cache-dir --require-hashes -r ...`.
+# Resolved for CPython 3.11 on Linux (the image's platform). Regenerate from a venv with vnfio installed (this
+# asks PyPI's simple index for the hashes):
 #   .venv/bin/python tests/test_dockerfile.py > hack/requirements.lock
 """
+PYPI_SIMPLE = "https://pypi.org/simple"
+_HASH = re.compile(r"^--hash=sha256:[0-9a-f]{64}$")
 _LINUX_PY311 = {"extra": "", "python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux"}
 
 
@@ -57,17 +62,68 @@ def runtime_closure() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def read_lock() -> dict[str, Version]:
-    pins: dict[str, Version] = {}
-    for line in LOCK.read_text().splitlines():
+def read_lock_entries() -> dict[str, tuple[Version, tuple[str, ...]]]:
+    """Each pinned distribution: its version and the `--hash=` options of its (backslash-continued) entry."""
+    entries: dict[str, tuple[Version, tuple[str, ...]]] = {}
+    text = LOCK.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        name, sep, version = line.partition("==")
-        assert sep and version, f"{LOCK.name}: {line!r} is not pinned with =="
-        assert canonicalize_name(name) not in pins, f"{LOCK.name}: {name} listed twice"
-        pins[canonicalize_name(name)] = Version(version)
-    return pins
+        pin, *options = line.split()
+        name, sep, version = pin.partition("==")
+        assert sep and version, f"{LOCK.name}: {pin!r} is not pinned with =="
+        assert canonicalize_name(name) not in entries, f"{LOCK.name}: {name} listed twice"
+        entries[canonicalize_name(name)] = (Version(version), tuple(options))
+    return entries
+
+
+def read_lock() -> dict[str, Version]:
+    return {name: version for name, (version, _) in read_lock_entries().items()}
+
+
+def _fits_the_image(tag: Tag) -> bool:
+    """A wheel tag CPython 3.11 on Linux (x86_64 or aarch64, glibc or musl) can install."""
+    linux = tag.platform == "any" or tag.platform.startswith(("manylinux", "musllinux", "linux"))
+    linux = linux and ("x86_64" in tag.platform or "aarch64" in tag.platform or tag.platform == "any")
+    if tag.interpreter in ("py3", "cp311"):
+        return linux
+    if tag.abi == "abi3" and tag.interpreter.startswith("cp3"):
+        return linux and int(tag.interpreter[3:]) <= 11
+    return False
+
+
+def pypi_hashes(name: str, version: str) -> list[str]:
+    """The sha256 of each file PyPI serves for `name==version` that the image could install (the sdist, and every
+    wheel for CPython 3.11 on x86_64 or aarch64 Linux), from PyPI's JSON simple API."""
+    import json
+    import urllib.request
+
+    accept = {"Accept": "application/vnd.pypi.simple.v1+json"}
+    request = urllib.request.Request(f"{PYPI_SIMPLE}/{name}/", headers=accept)
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        files = json.load(answer)["files"]
+    from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
+
+    wanted = Version(version)
+    hashes = set()
+    for file in files:
+        filename = file["filename"]
+        try:
+            if filename.endswith(".whl"):
+                _, file_version, _, tags = parse_wheel_filename(filename)
+                if not any(_fits_the_image(tag) for tag in tags):
+                    continue
+            elif filename.endswith((".tar.gz", ".zip")):
+                file_version = parse_sdist_filename(filename)[1]
+            else:
+                continue
+        except (InvalidSdistFilename, InvalidWheelFilename):
+            continue  # an old upload named outside today's rules: never the pinned version's file
+        if file_version == wanted and "sha256" in file.get("hashes", {}):
+            hashes.add(file["hashes"]["sha256"])
+    assert hashes, f"PyPI has no file for {name}=={version}"
+    return sorted(hashes)
 
 
 @dataclass(frozen=True)
@@ -123,6 +179,14 @@ def test_lock_pins_exactly_the_runtime_closure() -> None:
         assert tool not in pins
 
 
+def test_every_lock_entry_carries_sha256_hashes_and_nothing_else() -> None:
+    for name, (_, options) in read_lock_entries().items():
+        assert options, f"{LOCK.name}: {name} has no --hash (the image installs with --require-hashes)"
+        bad = [o for o in options if not _HASH.match(o)]
+        assert not bad, f"{LOCK.name}: {name}: {bad}"
+        assert len(set(options)) == len(options), f"{LOCK.name}: {name} repeats a hash"
+
+
 def test_lock_satisfies_pyproject_and_every_pinned_parent() -> None:
     pins = read_lock()
     for requirement in runtime_requirements():
@@ -152,7 +216,7 @@ def test_two_stages_from_one_pinned_slim_python_311_base() -> None:
 
 def test_builder_installs_from_the_lock_and_builds_wheel_and_bundle() -> None:
     runs = " && ".join(i.args for i in dockerfile_instructions() if i.stage == 0 and i.keyword == "RUN")
-    assert "pip install --no-cache-dir -r hack/requirements.lock" in runs
+    assert "pip install --no-cache-dir --require-hashes -r hack/requirements.lock" in runs
     assert "pip wheel --no-cache-dir --no-deps" in runs
     assert "pip install --no-cache-dir --no-deps /wheels/vnfio-" in runs
     assert 'python -m cni.bundle --python "${HOST_PYTHON}" /opt/vnfio/vnfio' in runs
@@ -275,4 +339,6 @@ def test_the_wheel_builds_from_exactly_the_build_context_the_dockerfile_copies(t
 if __name__ == "__main__":
     print(LOCK_HEADER, end="")
     for dist_name, version in runtime_closure().items():
-        print(f"{dist_name}=={version}")
+        hashes = pypi_hashes(dist_name, version)
+        print(f"{dist_name}=={version} \\")
+        print(" \\\n".join(f"    --hash=sha256:{digest}" for digest in hashes))
