@@ -22,7 +22,7 @@ from cni.result import Interface, IPConfig, Result, parse_result
 if TYPE_CHECKING:
     from cni.ipam import IpamRequest
     from cni.netns import Netlink
-    from cni.rtnl import Link, Rtnl
+    from cni.rtnl import Link
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def remove_pod_link(call: Call, pod: Netlink, host_end_down: bool = False) -> No
 
     name = call.req.ifname
     link = link_state_by_name(pod, name) if deferred.active() else None
-    retired = ""
+    retired = False
     if link is not None:
         try:
             if link.kind == "veth":
@@ -246,50 +246,33 @@ def remove_pod_link(call: Call, pod: Netlink, host_end_down: bool = False) -> No
                         peer = host.rtnl.get_link(index=link.peer)
                         if peer.kind == "veth" and peer.peer == link.index:
                             host.rtnl.set_link(index=peer.index, up=False)
-                retired = f"{RETIRED_PREFIX}{link.index:x}"
-                pod.rtnl.set_link(index=link.index, up=False, ifname=retired)
-            else:
-                # A macvlan waits for a whole RCU grace period, under the rtnl lock, to go down (not to be
-                # deleted): it stays up, renamed, without its addresses, so it answers for none of them.
+                pod.rtnl.set_link(index=link.index, up=False, ifname=f"{RETIRED_PREFIX}{link.index:x}")
+            else:  # a macvlan: stays up, without the addresses it could answer for
                 for address in pod.rtnl.addresses(link.index):
                     if not ipaddress.ip_address(address.address).is_link_local:
                         pod.rtnl.del_address(link.index, address.address, address.prefixlen)
-                retired = f"{RETIRED_PREFIX}{link.index:x}"
-                pod.rtnl.set_link(index=link.index, ifname=retired)
+                pod.rtnl.set_link(index=link.index, ifname=f"{RETIRED_PREFIX}{link.index:x}")
+            retired = True
         except RtnlError as exc:
             log.info("DEL %s: could not retire %s (%s); deleting it now", call.req.container_id, name, exc)
-            retired = ""
     if not retired:
         del_link_by_name(pod, name)
     rtnl = pod.rtnl.dup()  # the pod's Netlink is closed by the time a deferred action runs
 
-    def delete() -> None:
+    def delete_retired() -> None:
+        """The link just retired, and any a killed daemon left: every `vnfiorm*` link of the namespace."""
         try:
-            if retired:
-                try:
-                    rtnl.del_link(retired)
-                except RtnlError as exc:
-                    if exc.code != errno.ENODEV:
-                        log.warning("DEL %s: deleting %s failed: %s", call.req.container_id, retired, exc)
-            _sweep_retired(rtnl, keep=retired)
+            for link in rtnl.links():
+                if link.name.startswith(RETIRED_PREFIX):
+                    try:
+                        rtnl.del_link(link.name)
+                    except RtnlError as exc:
+                        if exc.code != errno.ENODEV:
+                            log.warning("DEL %s: could not delete %s: %s", call.req.container_id, link.name, exc)
         finally:
             rtnl.close()
 
-    deferred.later(delete)
-
-
-def _sweep_retired(rtnl: Rtnl, keep: str) -> None:
-    """Delete what a killed daemon retired and never deleted in this namespace (a dump of a pod's few links)."""
-    from cni.rtnl import RtnlError
-
-    for link in rtnl.links():
-        if link.name.startswith(RETIRED_PREFIX) and link.name != keep:
-            try:
-                rtnl.del_link(link.name)
-                log.info("deleted %s, left retired by an earlier DEL", link.name)
-            except RtnlError as exc:
-                if exc.code != errno.ENODEV:
-                    log.warning("could not delete %s, left retired by an earlier DEL: %s", link.name, exc)
+    deferred.later(delete_retired)
 
 
 def families(ipam: Result) -> set[int]:
