@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-from kubelet_stub import KubeletStub, Options, device_health, temporary_plugin_dir
+from kubelet_stub import KubeletStub, Options, device_health
 
 from deviceplugin.config import SAMPLE_CONFIG
 from deviceplugin.sampleboard import SampleBoard
@@ -23,18 +22,6 @@ DPRC = "nxp.com/dpaa2_dprc"
 VF = "intel.com/intel_vf"
 ALL_HEALTHY_VFS = {"0001:01:00.1": "Healthy", "0001:01:00.2": "Healthy", "iommu-group-22": "Healthy"}
 PLUGIN = str(Path(sys.executable).parent / "vnfio-device-plugin")
-
-
-@pytest.fixture
-def plugin_dir() -> Iterator[Path]:
-    with temporary_plugin_dir("dmn") as path:
-        yield path
-
-
-@pytest.fixture
-def kubelet(plugin_dir: Path) -> Iterator[KubeletStub]:
-    with KubeletStub(plugin_dir) as stub:
-        yield stub
 
 
 def write_config(tmp_path: Path, config: object) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 import grpc
 import pytest
 from apiserver_stub import ApiServerStub
-from kubelet_stub import KubeletStub, device_health, temporary_plugin_dir
+from kubelet_stub import KubeletStub, device_health
 from prometheus_client.parser import text_string_to_metric_families
 from test_configwatch import ConfigMapVolume
 
@@ -131,21 +132,9 @@ def free_port() -> int:
 def real_pci_uevent_file() -> Path | None:
     """A real PCI device's uevent file: `change` written there makes the kernel broadcast a pci uevent."""
     for device in sorted(Path("/sys/bus/pci/devices").glob("*")):
-        if (device / "uevent").is_file():
+        if (device / "uevent").is_file() and os.access(device / "uevent", os.W_OK):
             return device / "uevent"
     return None
-
-
-@pytest.fixture
-def plugin_dir() -> Iterator[Path]:
-    with temporary_plugin_dir("life") as path:
-        yield path
-
-
-@pytest.fixture
-def kubelet(plugin_dir: Path) -> Iterator[KubeletStub]:
-    with KubeletStub(plugin_dir) as stub:
-        yield stub
 
 
 @pytest.fixture

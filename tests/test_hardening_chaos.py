@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from kubelet_stub import KubeletStub, device_health, temporary_plugin_dir
+from kubelet_stub import KubeletStub, device_health
+from test_hardening_permissions import SOCKETS, assert_private_sockets
 
 from deviceplugin.config import SAMPLE_CONFIG
 from deviceplugin.sampleboard import SampleBoard
@@ -36,7 +36,6 @@ EXPECTED = {
     DPRC: {"dprc.2": "Healthy", "dprc.3": "Healthy"},
     VF: {"0001:01:00.1": "Healthy", "0001:01:00.2": "Healthy", "iommu-group-22": "Healthy"},
 }
-SOCKETS = {"vnfio-dpaa2_dprc.sock", "vnfio-intel_vf.sock"}
 PLUGIN = str(Path(sys.executable).parent / "vnfio-device-plugin")
 RESTARTS = 50
 
@@ -80,18 +79,6 @@ def running(board: SampleBoard, plugin_dir: Path, config: Path, log: Path) -> It
 
 
 @pytest.fixture
-def plugin_dir() -> Iterator[Path]:
-    with temporary_plugin_dir("chaos") as path:
-        yield path
-
-
-@pytest.fixture
-def kubelet(plugin_dir: Path) -> Iterator[KubeletStub]:
-    with KubeletStub(plugin_dir) as stub:
-        yield stub
-
-
-@pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "config.json"
     path.write_text(json.dumps(SAMPLE_CONFIG))
@@ -121,12 +108,6 @@ def socket_identities(plugin_dir: Path) -> dict[str, tuple[int, int]]:
             continue
         found[name] = (st.st_ino, st.st_ctime_ns)
     return found
-
-
-def assert_private_sockets(plugin_dir: Path) -> None:
-    for name in SOCKETS:
-        st = os.lstat(plugin_dir / name)
-        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
 
 
 class Allocator(threading.Thread):

@@ -15,11 +15,10 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubelet_stub import KubeletStub, device_health, temporary_plugin_dir
+from kubelet_stub import KubeletStub, device_health
 
 from deviceplugin.config import SAMPLE_CONFIG
 from deviceplugin.sampleboard import SampleBoard
@@ -28,18 +27,6 @@ DPRC = "nxp.com/dpaa2_dprc"
 VF = "intel.com/intel_vf"
 SOCKETS = {"vnfio-dpaa2_dprc.sock", "vnfio-intel_vf.sock"}
 PLUGIN = str(Path(sys.executable).parent / "vnfio-device-plugin")
-
-
-@pytest.fixture
-def plugin_dir() -> Iterator[Path]:
-    with temporary_plugin_dir("perm") as path:
-        yield path
-
-
-@pytest.fixture
-def kubelet(plugin_dir: Path) -> Iterator[KubeletStub]:
-    with KubeletStub(plugin_dir) as stub:
-        yield stub
 
 
 def modes(root: Path) -> dict[str, tuple[int, int]]:

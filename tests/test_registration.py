@@ -4,29 +4,16 @@ does after it accepted (dial back, ListAndWatch, Allocate), and what the stand-i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from kubelet_stub import KubeletStub, Options, device_health, resource_name_problem, temporary_plugin_dir
+from kubelet_stub import KubeletStub, Options, device_health, resource_name_problem
 from test_server import dprc_pool, serving, vf_pool
 
 from deviceplugin.registration import API_VERSION, RegistrationError, register
 from deviceplugin.server import PluginServer, plugin_options
 from deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
-
-
-@pytest.fixture
-def plugin_dir() -> Iterator[Path]:
-    with temporary_plugin_dir("reg") as path:
-        yield path
-
-
-@pytest.fixture
-def kubelet(plugin_dir: Path) -> Iterator[KubeletStub]:
-    with KubeletStub(plugin_dir) as stub:
-        yield stub
 
 
 async def raw_register(plugin_dir: Path, request: api_pb2.RegisterRequest) -> None:
