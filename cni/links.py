@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cni.errors import INTERNAL, UNSUPPORTED_FIELD, CniError
 from cni.netns import write_sysctl
-from cni.result import IPConfig, Route
+from cni.result import IPConfig, Route, family_gateways
 
 if TYPE_CHECKING:
     from cni.netns import Netlink
@@ -63,10 +63,10 @@ def set_up(ipr: Netlink, index: int) -> None:
     ipr.rtnl.set_link(index=index, up=True)
 
 
-def macvlan_mode(ipr: Netlink, index: int) -> str:
+def macvlan_mode(link: Link) -> str:
     from cni.rtnl import IFLA_MACVLAN_MODE, MACVLAN_MODE_IDS
 
-    raw = ipr.rtnl.get_link(index=index).info_data.get(IFLA_MACVLAN_MODE)
+    raw = link.info_data.get(IFLA_MACVLAN_MODE)
     if raw is None or len(raw) < 4:
         return "None"
     mode = int.from_bytes(raw[:4], sys.byteorder)
@@ -268,7 +268,7 @@ def configure_iface(ipr: Netlink, index: int, ips: Iterable[IPConfig], routes: S
     for ip in ips:
         add_address(ipr, index, ip.address, nodad=nodad)
     set_up(ipr, index)
-    gateways = {ip.family: ip.gateway for ip in ips if ip.gateway}
+    gateways = family_gateways(ips)
     for route in routes:
         family = ipaddress.ip_network(route.dst, strict=False).version
         gw = route.gw or gateways.get(family, "")

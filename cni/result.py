@@ -7,7 +7,7 @@ The records follow the 1.1.0 shape; `to_dict(version)` downgrades like Go `types
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,6 +36,16 @@ class IPConfig:
     @property
     def family(self) -> int:
         return ipaddress.ip_interface(self.address).version
+
+
+def family_gateways(ips: Iterable[IPConfig]) -> dict[int, str]:
+    """The gateway a route without `gw` takes, per family: the first address's of that family that has one, as the
+    reference `ConfigureIface` picks it. ADD and CHECK both ask here, so they agree."""
+    gateways: dict[int, str] = {}
+    for ip in ips:
+        if ip.gateway:
+            gateways.setdefault(ip.family, ip.gateway)
+    return gateways
 
 
 @dataclass(frozen=True)

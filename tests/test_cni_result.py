@@ -118,3 +118,17 @@ def test_printing_and_parsing_back_at_any_version_keeps_addresses_and_indexes(
     again = parse_result(result.to_dict(version), version)
     assert again.ips == result.ips
     assert again.interfaces == result.interfaces
+
+
+def test_family_gateways_takes_the_first_gateway_of_each_family() -> None:
+    """ADD (routes without `gw`) and CHECK must pick the same gateway when IPAM gives a family two."""
+    from cni.result import IPConfig, family_gateways
+
+    ips = [
+        IPConfig("10.1.0.5/24"),
+        IPConfig("10.1.0.6/24", gateway="10.1.0.1"),
+        IPConfig("10.2.0.6/24", gateway="10.2.0.1"),
+        IPConfig("fd00::5/64", gateway="fd00::1"),
+    ]
+    assert family_gateways(ips) == {4: "10.1.0.1", 6: "fd00::1"}
+    assert family_gateways([]) == {}

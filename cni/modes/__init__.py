@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from cni.errors import INTERNAL, INVALID_CONFIG, CniError
 from cni.netconf import NetConf
 from cni.request import CniRequest
-from cni.result import Interface, IPConfig, Result, parse_result
+from cni.result import Interface, IPConfig, Result, family_gateways, parse_result
 
 if TYPE_CHECKING:
     from cni.ipam import IpamRequest
@@ -311,7 +311,7 @@ def check_container_iface(call: Call, pod: Netlink, prev: Result, index: int, ki
         if str(ipaddress.ip_interface(ip.address)) not in have:
             raise CniError(INTERNAL, f"CHECK: address {ip.address} missing on {ifname!r}")
     present: dict[int, set[tuple[str, str]]] = {}  # per routing table (0: main), read once each
-    gateways = {ip.family: ip.gateway for ip in mine if ip.gateway}
+    gateways = family_gateways(mine)
     our_families = {ip.family for ip in mine}
     for route in prev.routes:
         family = ipaddress.ip_network(route.dst, strict=False).version

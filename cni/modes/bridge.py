@@ -20,7 +20,6 @@ from cni.links import (
     configure_iface,
     del_link_quietly,
     ensure_bridge,
-    link_index,
     link_state,
     link_state_by_name,
     setup_veth,
@@ -176,10 +175,10 @@ def cmd_check(call: Call) -> None:
     with netlink_in(call.netns_fd) as pod:
         peer = check_container_iface(call, pod, prev, index, "veth").peer
     with host_netlink() as host:
-        bridge = link_index(host, opts.bridge)
-        if bridge is None:
+        state = link_state_by_name(host, opts.bridge)
+        if state is None:
             raise CniError(INTERNAL, f"CHECK: bridge {opts.bridge!r} not found")
-        state = link_state(host, bridge)
+        bridge = state.index
         if state.kind != "bridge":
             raise CniError(INTERNAL, f"CHECK: {opts.bridge!r} is a {state.kind or 'plain'} link, not a bridge")
         if state.promisc != opts.promisc_mode:

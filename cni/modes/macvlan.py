@@ -123,8 +123,7 @@ def cmd_check(call: Call) -> None:
     ipam_check(call)
     assert call.netns_fd is not None
     with netlink_in(call.netns_fd) as pod:
-        link = check_container_iface(call, pod, prev, index, "macvlan").index
-        mode = macvlan_mode(pod, link)
+        mode = macvlan_mode(check_container_iface(call, pod, prev, index, "macvlan"))
         if mode != call.conf.macvlan.mode:
             raise CniError(INTERNAL, f"CHECK: {call.req.ifname!r} is in macvlan mode {mode}, config says "
                            f"{call.conf.macvlan.mode}")

@@ -42,7 +42,7 @@ from cni.modes import (
     remove_pod_link,
 )
 from cni.netns import host_netlink, netlink_in, run_in_netns, write_sysctl
-from cni.result import Interface, IPConfig, Result
+from cni.result import Interface, IPConfig, Result, family_gateways
 
 if TYPE_CHECKING:
     from cni.netns import Netlink
@@ -64,9 +64,7 @@ def cmd_add(call: Call) -> Result:
                 enable_forwarding(host, fams)
             host_name = setup_veth(host, pod, call.netns_fd, req.ifname, conf.mtu, conf.mac)
             try:
-                result = _wire(call, host, pod, host_name, ipam, fams)
-                masquerade_add(call, ipam.ips)
-                return result
+                return _wire(call, host, pod, host_name, ipam, fams)
             except BaseException:
                 masquerade_del_quietly(call)
                 del_link_quietly(host, host_name)
@@ -96,9 +94,9 @@ def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result,
         host_bits = pod_ip.max_prefixlen
         add_route(pod, pod_link, f"{ip.gateway}/{host_bits}", scope=SCOPE_LINK, src=str(pod_ip.ip))
         add_route(pod, pod_link, str(pod_ip.network), gw=ip.gateway, src=str(pod_ip.ip))
+    gateways = family_gateways(ipam.ips)
     for route in ipam.routes:
-        fam = ipaddress.ip_network(route.dst).version
-        gw = route.gw or next((ip.gateway for ip in ipam.ips if ip.family == fam), "")
+        gw = route.gw or gateways.get(ipaddress.ip_network(route.dst).version, "")
         add_route(pod, pod_link, route.dst, gw=gw, extra=route)
     set_up(host, host_link)
     for ip in ipam.ips:
@@ -110,7 +108,8 @@ def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result,
         Interface(name=host_name, mac=host_state.mac, mtu=host_state.mtu),
         Interface(name=req.ifname, mac=pod_state.mac, sandbox=req.netns, mtu=pod_state.mtu),
     ]
-    announce(call, pod, pod_link, pod_state.mac, ipam.ips)
+    masquerade_add(call, ipam.ips)
+    announce(call, pod, pod_link, pod_state.mac, ipam.ips)  # last: nothing after it can fail and roll back
     return container_result(call, ipam, interfaces)
 
 
