@@ -361,15 +361,6 @@ class CniDaemonProcess:
         """Everything the daemon (and its predecessors on this object) logged so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else self._last_log
 
-    def wait_for_log(self, text: str, timeout: float = 10) -> bool:
-        """Whether `text` shows up in the log within `timeout` (the daemon logs after it answers)."""
-        deadline = time.monotonic() + timeout
-        while text not in self.log_text():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
-
     def run(self, env: Mapping[str, str], conf: Mapping[str, Any] | bytes, timeout: float = 60) -> Outcome:
         """Exec the installed `vnfio` like a runtime, pointed at this daemon; it must not crash with a traceback."""
         stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
@@ -480,8 +471,9 @@ def settled(probe: Callable[[], C], timeout: float = 10.0) -> C:
 
 
 def assert_no_debris(scenario: Scenario, host_names: set[str] = frozenset(), subnet: str = "") -> None:
-    """Nothing a failed or deleted attachment could leave: host links by name, host addresses or routes mentioning
-    the test subnet (within a bounded wait, see `settled`), IPAM reservations."""
+    """Nothing a failed or deleted attachment could leave: no IPAM reservation; and, when the caller names them,
+    none of `host_names` among the host links and nothing mentioning `subnet` among the host's addresses and
+    routes (both within a bounded wait, see `settled`). Without those arguments only reservations are checked."""
     assert settled(lambda: host_links_with(set(host_names))) == set(), "host links left behind"
     if subnet:
         assert settled(lambda: host_mentions(subnet)) == [], "host addresses or routes left behind"

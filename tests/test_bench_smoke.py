@@ -9,13 +9,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from cni_helpers import REFERENCE_DIR, REPO
 
-from tests.cni_helpers import REFERENCE_DIR
-
-REPO = Path(__file__).resolve().parent.parent
 NUMBER = r"\d+\.\d+"
 
 

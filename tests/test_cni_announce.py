@@ -348,7 +348,7 @@ def test_through_the_node_daemon_a_neighbour_sees_the_gratuitous_arp(bridge_pair
                                                                      tmp_path: Path) -> None:
     """The real daemon process runs the ADD inside `deferred.collecting()` and the announcement after its reply: the
     neighbour still gets it. Its debug log proves it served the ADD (the client would fall back in-process)."""
-    from tests.test_cni_daemon import vnfio
+    from test_cni_daemon import vnfio
 
     conf, _, b, sniffer = bridge_pair
     with CniDaemonProcess(socket_dir / "cni.sock", log_path=tmp_path / "daemon.log", processes=1, workers=2,

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cni_helpers import CniDaemonProcess, Outcome, Scenario, cni_env, random_subnet, reservation_files, settled
 
 from cni import bundle, client
-from tests.cni_helpers import CniDaemonProcess, Outcome, Scenario, cni_env, random_subnet, reservation_files, settled
 
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INTERPRETERS = [sys.executable] + (["/usr/bin/python3"] if os.path.exists("/usr/bin/python3") else [])

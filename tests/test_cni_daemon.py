@@ -21,10 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cni import client
-from cni.daemon import CniDaemon
-from tests.cni_helpers import (
+from cni_helpers import (
     BIN,
     CniDaemonProcess,
     Netns,
@@ -38,6 +35,9 @@ from tests.cni_helpers import (
     socket_answers,
     suffix,
 )
+
+from cni import client
+from cni.daemon import CniDaemon
 
 
 @pytest.fixture
@@ -263,7 +263,7 @@ def test_a_daemon_restart_mid_run_loses_nothing(world: Scenario, socket_dir: Pat
         for ns, cid, result in pods:
             deleted = vnfio(cni_env("DEL", cid, ns.path), {**conf, "prevResult": result}, sock)
             assert (deleted.code, deleted.out) == (0, "")
-    assert_no_debris(world, subnet="")
+    assert_no_debris(world)
 
 
 def test_parallel_adds_through_the_daemon_get_distinct_addresses(world: Scenario, daemon: CniDaemonProcess) -> None:

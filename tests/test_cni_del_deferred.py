@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from cni_helpers import (
     random_subnet,
     reservation_files,
     run_vnfio,
+    settled,
 )
 
 from cni import deferred
@@ -124,16 +124,6 @@ def _assert_retired_only(ns: Netns, old_index: int) -> str:
     assert _main_routes_via(ns, name) == []
     assert set(links) == {"lo", name}
     return name
-
-
-def _wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    """Poll `predicate` until it holds or `timeout` passes (the daemon deletes after its reply, asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 # --- 1. collecting DEL: retired before the answer, deleted by deferred.run -------------------------------------------
@@ -310,8 +300,8 @@ def test_del_through_the_daemon_deletes_after_its_answer(world: Scenario, socket
         assert (deleted.code, deleted.out) == (0, "")
         assert "eth0" not in ns.links(), "the pod's link is out of CNI_IFNAME's way by the answer"
         assert reservation_files(world.data_dir) == []
-        assert _wait_until(lambda: set(ns.links()) == {"lo"}), ns.links().keys()
-        assert _wait_until(lambda: host_links_with({host}) == set())
+        assert settled(lambda: set(ns.links()) - {"lo"}) == set()
+        assert settled(lambda: host_links_with({host})) == set()
         log_text = daemon.log_text()
     assert " WARNING " not in log_text, log_text
     assert "deferred work failed" not in log_text and "could not retire" not in log_text, log_text

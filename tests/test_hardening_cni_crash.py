@@ -32,11 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cni import client
-from cni.daemon import CniDaemon
-from cni.skel import execute
-from tests.cni_helpers import (
+from cni_helpers import (
     BIN,
     CniDaemonProcess,
     Netns,
@@ -46,6 +42,10 @@ from tests.cni_helpers import (
     reservation_files,
     settled,
 )
+
+from cni import client
+from cni.daemon import CniDaemon
+from cni.skel import execute
 
 WARM_KILLS = 90
 REAL_KILLS = 10

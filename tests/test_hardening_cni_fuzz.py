@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cni_helpers import BIN, CniDaemonProcess, Netns, Scenario, reservation_files, settled
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cni import client
 from cni.skel import execute
 from cni.versions import SUPPORTED
-from tests.cni_helpers import BIN, CniDaemonProcess, Netns, Scenario, reservation_files, settled
 
 IN_PROCESS_CASES = 2000
 EXECUTABLE_CASES = 30  # each pays an interpreter start, and the in-process fallback an import of pyroute2

@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cni import client
-from tests.cni_helpers import (
+from cni_helpers import (
     BIN,
     CniDaemonProcess,
     Netns,
@@ -32,7 +30,9 @@ from tests.cni_helpers import (
     reservation_files,
     settled,
 )
-from tests.test_hardening_cni_crash import held_locks, pod_links
+from test_hardening_cni_crash import held_locks, pod_links
+
+from cni import client
 
 PODS = 64
 ROUNDS = ("daemon", "daemon", "daemon", "mixed")

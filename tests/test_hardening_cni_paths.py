@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cni import client
-from tests.cni_helpers import (
+from cni_helpers import (
     BIN,
     CniDaemonProcess,
     Outcome,
@@ -29,7 +27,9 @@ from tests.cni_helpers import (
     reservation_files,
     suffix,
 )
-from tests.test_hardening_cni_crash import pod_links
+from test_hardening_cni_crash import pod_links
+
+from cni import client
 
 INVALID_ENV, UNKNOWN_CONTAINER, INVALID_CONFIG, INVALID_NETNS = 4, 3, 7, 8
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cni_helpers import BIN, CniDaemonProcess, Scenario, cni_env, random_subnet, reservation_files
 
 from cni import client
-from tests.cni_helpers import BIN, CniDaemonProcess, Scenario, cni_env, random_subnet, reservation_files
 
 NOBODY = 65534
 

@@ -15,9 +15,9 @@ import zipapp
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from cni.versions import version_info
-from tests.conftest import REPO
 
 _HOST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
@@ -56,8 +56,6 @@ _VERSION_MAIN = (
 @pytest.fixture(scope="module")
 def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real self-contained executable, built the way the Dockerfile builds it."""
-    if not (REPO / "cni" / "bundle.py").exists():
-        pytest.skip("cni/bundle.py is not there yet")
     out = tmp_path_factory.mktemp("bundle") / "vnfio"
     subprocess.run([sys.executable, "-m", "cni.bundle", str(out)], check=True, cwd=REPO, capture_output=True)
     return out

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REPO
 
 from deviceplugin.config import SAMPLE_CONFIG
 from deviceplugin.listing import run_list
 from deviceplugin.sampleboard import SampleBoard
-from tests.conftest import REPO
 
 
 def _write_config(path: Path, data: Any) -> Path:

@@ -26,12 +26,12 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import REPO
+from kubelet_stub import KubeletStub, temporary_plugin_dir
 from kubernetes_validate.utils import latest_version, validate
 
 from cni.install import build_parser as install_parser
 from deviceplugin.sampleboard import SampleBoard
-from tests.conftest import REPO
-from tests.kubelet_stub import KubeletStub, temporary_plugin_dir
 
 MANIFESTS = REPO / "manifests"
 BASE = MANIFESTS / "base"
