@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from deviceplugin.records import DeviceType
-from deviceplugin.selectors import VF_INDEX_MAX, FslMcSelectors, PciSelectors, parse_pf_name
+from deviceplugin.selectors import VF_INDEX_MAX, FslMcSelectors, PciSelectors, PfNameEntry, parse_pf_name
 
 DEFAULT_PREFIX = "vnfio.io"
 IOMMU_GROUP_MODES = ("whole", "exclude")
@@ -304,10 +304,11 @@ def _parse_selectors(
 _PF_NAMES_EXPECTED = f"a list of interface names, each optionally with VF indexes 0-{VF_INDEX_MAX}: eth1, eth1#0-3,5"
 
 
-def _pf_names(value: object) -> tuple[tuple[str, ...] | None, str | None]:
-    """pfNames as written, or the reason it is refused: the first bad entry, and what was wrong with it."""
+def _pf_names(value: object) -> tuple[tuple[PfNameEntry, ...] | None, str | None]:
+    """pfNames parsed, or the reason it is refused: the first bad entry, and what was wrong with it."""
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         return None, f"expected {_PF_NAMES_EXPECTED}, got {_show(value)}"
+    entries = []
     for entry in value:
         try:
             parsed = parse_pf_name(entry)
@@ -316,7 +317,8 @@ def _pf_names(value: object) -> tuple[tuple[str, ...] | None, str | None]:
         if not _IFNAME.match(parsed.name):
             why = f"{_show(parsed.name)} is not an interface name" if parsed.name else "no interface name before '#'"
             return None, f"{_show(entry)}: {why}; expected {_PF_NAMES_EXPECTED}"
-    return tuple(dict.fromkeys(value)), None
+        entries.append(parsed)
+    return tuple(dict.fromkeys(entries)), None
 
 
 def _min_objects(value: object) -> dict[str, int] | None:

@@ -28,12 +28,12 @@ from deviceplugin.configwatch import DEFAULT_POLL_INTERVAL as CONFIG_POLL_INTERV
 from deviceplugin.configwatch import ConfigWatch
 from deviceplugin.discovery import discover
 from deviceplugin.kubeletwatch import DEFAULT_POLL_INTERVAL as KUBELET_POLL_INTERVAL
-from deviceplugin.kubeletwatch import FileIdentity, KubeletWatch, file_identity
+from deviceplugin.kubeletwatch import FileIdentity, KubeletWatch, file_identity, kubelet_socket
 from deviceplugin.metrics import MetricsEndpoint, PluginMetrics, serve_metrics
 from deviceplugin.nodeinfo import NodeReporter
 from deviceplugin.pools import build_pools
 from deviceplugin.records import ResourcePool
-from deviceplugin.registration import RegistrationError, kubelet_socket, register
+from deviceplugin.registration import RegistrationError, register
 from deviceplugin.server import PluginServer, RpcEvent, RpcObserver
 from deviceplugin.settings import DaemonSettings
 from deviceplugin.uevents import Uevent, UeventListener, open_uevent_socket
@@ -327,24 +327,6 @@ class Daemon:
         await self.reregister_all()
 
     # ----------------------------------------------------------------------------------------- pools
-    async def start_pool(self, pool: ResourcePool) -> bool:
-        """Serve `pool` and register it with kubelet (in the background); False when it cannot be served."""
-        async with self._lock:
-            return await self._start_pool(pool)
-
-    async def stop_pool(self, resource: str) -> None:
-        """Stop serving `resource` and remove its socket."""
-        async with self._lock:
-            await self._stop_pool(resource)
-
-    async def restart_pool(self, resource: str) -> bool:
-        """Serve `resource` on a fresh socket and register it again (after kubelet deleted our socket)."""
-        async with self._lock:
-            pool = self.pools.get(resource)
-            if pool is None:
-                return False
-            return await self._restart_pool(resource, pool)
-
     async def reregister_all(self) -> None:
         """Register every served pool with the kubelet now listening (it restarted); pools whose socket is gone
         are served anew. Pools already registered with this kubelet, or still trying, are left alone: a
@@ -361,10 +343,6 @@ class Daemon:
                 elif resource not in self.registered or self._registered_with.get(resource) != current:
                     self.metrics.unregistered(resource)
                     self._register_in_background(resource)
-
-    def resource_for_socket(self, socket_name: str) -> str | None:
-        """The served pool whose socket file is `socket_name` (what a socket watch reports)."""
-        return next((r for r, s in self.servers.items() if s.socket_path.name == socket_name), None)
 
     async def _start_pool(self, pool: ResourcePool) -> bool:
         resource = pool.resource_name

@@ -25,6 +25,11 @@ KUBELET_SOCKET = "kubelet.sock"
 DEFAULT_POLL_INTERVAL = 0.1
 
 
+def kubelet_socket(plugin_dir: Path) -> Path:
+    """Where kubelet serves Registration, in the device-plugin directory."""
+    return Path(plugin_dir) / KUBELET_SOCKET
+
+
 @dataclass(frozen=True)
 class FileIdentity:
     """What tells one incarnation of a file from the next one at the same path."""
@@ -73,7 +78,7 @@ class KubeletWatch:
 
     @property
     def kubelet_socket(self) -> Path:
-        return self.plugin_dir / KUBELET_SOCKET
+        return kubelet_socket(self.plugin_dir)
 
     @property
     def kubelet_present(self) -> bool:

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 # Allocate answers from memory: sub-millisecond normally; the tail buckets catch a starved event loop.
 _RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _RESCAN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-RESCAN_REASONS = ("uevent", "timer", "config", "start")
 _REGISTERED = "vnfio_pool_registered"
 DEFAULT_STALE_AFTER = 30.0  # seconds without a heartbeat before /healthz says the daemon is stuck
 

@@ -87,7 +87,7 @@ def _virtfn_indexes(pf_dir: Path, sysfs_root: Path) -> dict[Path, int]:
 
 
 def _read_function(
-    link: Path, sysfs_root: Path, problems: list[str], vf_indexes: dict[Path, dict[Path, int]] | None = None
+    link: Path, sysfs_root: Path, problems: list[str], vf_indexes: dict[Path, dict[Path, int]]
 ) -> PciDevice:
     address = link.name
     fdir = resolve_inside(link, sysfs_root)
@@ -104,10 +104,9 @@ def _read_function(
             pf_address = pf_dir.name if is_pci_address(pf_dir.name) else None
             pf_name = _netdev(pf_dir)
             # Scanning a PF's links once per scan, not once per VF: a PF with hundreds of VFs stays linear.
-            cache = {} if vf_indexes is None else vf_indexes
-            if pf_dir not in cache:
-                cache[pf_dir] = _virtfn_indexes(pf_dir, sysfs_root)
-            vf_index = cache[pf_dir].get(fdir)
+            if pf_dir not in vf_indexes:
+                vf_indexes[pf_dir] = _virtfn_indexes(pf_dir, sysfs_root)
+            vf_index = vf_indexes[pf_dir].get(fdir)
         except SysfsError as exc:
             problems.append(f"pci {address}: {exc}; PF unknown")
     return PciDevice(

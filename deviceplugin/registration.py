@@ -12,23 +12,19 @@ from pathlib import Path
 
 import grpc
 
+from deviceplugin.kubeletwatch import kubelet_socket
 from deviceplugin.records import ResourcePool
 from deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "v1beta1"
-KUBELET_SOCKET = "kubelet.sock"
 # Above kubelet's own 10 s dial-back, so a slow dial-back is not mistaken for a refusal.
 REGISTER_TIMEOUT = 15.0
 
 
 class RegistrationError(Exception):
     """Kubelet is not there, or it refused or did not answer the registration."""
-
-
-def kubelet_socket(plugin_dir: Path) -> Path:
-    return Path(plugin_dir) / KUBELET_SOCKET
 
 
 def register_request(pool: ResourcePool, options: api_pb2.DevicePluginOptions) -> api_pb2.RegisterRequest:

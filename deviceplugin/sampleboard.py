@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from deviceplugin.iommu import group_node_path
+
 FSL_MC_PLATFORM = "devices/platform/soc/80c000000.fsl-mc"
 PCI_ROOT_PORT = "devices/platform/soc/3800000.pcie/pci0001:00/0001:00:00.0"
 FSL_MC_VENDOR = 0x1957
@@ -337,7 +339,7 @@ class SampleBoard:
         return groups
 
     def group_node(self, group: int) -> Path:
-        return self.dev / "vfio" / (f"noiommu-{group}" if self.noiommu else str(group))
+        return group_node_path(self.dev, group, self.noiommu)
 
     def add_group_node(self, group: int) -> None:
         _mknod(self.group_node(group), 0o600, VFIO_GROUP_MAJOR, group)

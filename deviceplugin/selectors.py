@@ -16,7 +16,6 @@ takes VFs 0 and 2.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,12 +59,10 @@ class PfNameEntry:
         return f"{self.name} (VFs {spans})"
 
 
-@functools.lru_cache(maxsize=1024)
 def parse_pf_name(entry: str) -> PfNameEntry:
     """`eth1` or `eth1#0-3,5` as a `PfNameEntry`; ValueError with the reason for a malformed range part.
 
-    The name part is returned as written: whether it is a valid interface name is the config's rule. Cached,
-    because pools match every VF against the same few entries on every rescan."""
+    The name part is returned as written: whether it is a valid interface name is the config's rule."""
     name, sep, spec = entry.partition("#")
     if not sep:
         return PfNameEntry(name)
@@ -96,7 +93,7 @@ class PciSelectors:
     devices: tuple[str, ...] | None = None
     drivers: tuple[str, ...] | None = None
     pci_addresses: tuple[str, ...] | None = None
-    pf_names: tuple[str, ...] | None = None  # as written: `eth1` or `eth1#0-3,5` (see parse_pf_name)
+    pf_names: tuple[PfNameEntry, ...] | None = None  # parsed from `eth1` or `eth1#0-3,5` (see parse_pf_name)
     # The upstream port the function sits under, or its PF (sriov-dp's meaning): either address matches.
     root_devices: tuple[str, ...] | None = None
 
@@ -120,7 +117,7 @@ class PciSelectors:
         matching is enough; an entry with VF ranges also needs the VF's index in one of them."""
         if self.pf_names is None:
             return None
-        wanted = tuple(parse_pf_name(e) for e in self.pf_names)
+        wanted = self.pf_names
         if any(entry.matches(fn) for entry in wanted):
             return None
         have = fn.pf_name or "without a netdev"

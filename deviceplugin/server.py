@@ -222,10 +222,6 @@ class PluginServer:
     def options(self) -> api_pb2.DevicePluginOptions:
         return plugin_options()
 
-    @property
-    def serving(self) -> bool:
-        return self._server is not None and not self._stopping
-
     def socket_present(self) -> bool:
         """Whether our socket file is still there: kubelet deletes every socket in its dir when it restarts."""
         try:

@@ -64,7 +64,7 @@ def _ids(pool: ResourcePool) -> list[str]:
 def test_good_pfnames_forms_are_accepted(entries: list[str], kept: tuple[str, ...]) -> None:
     [pool] = _configs(_pool_entry(entries))
     assert isinstance(pool.selectors, PciSelectors)
-    assert pool.selectors.pf_names == kept
+    assert pool.selectors.pf_names == tuple(parse_pf_name(e) for e in kept)
 
 
 @pytest.mark.parametrize(
@@ -219,12 +219,13 @@ def test_a_vf_whose_index_is_lost_turns_unhealthy_in_a_ranged_pool(board: Sample
 
 def test_mismatch_messages_mention_the_range() -> None:
     vf = PciDevice("0001:01:00.4", "8086", "154c", "020000", "vfio-pci", 22, None, PF, "eth1", None, None, 3)
-    assert PciSelectors(pf_names=("eth1#0-1,5", "eth2")).pf_mismatch(vf) == (
+    assert PciSelectors(pf_names=(parse_pf_name("eth1#0-1,5"), parse_pf_name("eth2"))).pf_mismatch(vf) == (
         "0001:01:00.4 needs PF eth1 (VFs 0-1,5) or eth2 but its PF is eth1 (VF 3)"
     )
     # Without any range the message is the one pfNames always gave.
-    assert PciSelectors(pf_names=("eth2",)).pf_mismatch(vf) == "0001:01:00.4 needs PF eth2 but its PF is eth1"
-    assert PciSelectors(pf_names=("eth1#3",)).pf_mismatch(vf) is None
+    only_eth2 = PciSelectors(pf_names=(parse_pf_name("eth2"),))
+    assert only_eth2.pf_mismatch(vf) == "0001:01:00.4 needs PF eth2 but its PF is eth1"
+    assert PciSelectors(pf_names=(parse_pf_name("eth1#3"),)).pf_mismatch(vf) is None
 
 
 def test_list_dry_run_shows_ranged_pools_and_the_bad_one(
