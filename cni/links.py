@@ -63,6 +63,20 @@ def set_up(ipr: Netlink, index: int) -> None:
     ipr.rtnl.set_link(index=index, up=True)
 
 
+def without_ipv6_link_local(ipr: Netlink, index: int = 0, name: str = "") -> None:
+    """Make link `index` (or `name`), before it goes up, come up without an IPv6 link-local address: IPv6 stays
+    on, but the kernel sends nothing for it on its own (no DAD, no MLD report, no router solicitation, which a
+    bridge or a macvlan master copies to every other pod). A kernel without IPv6 has nothing to silence."""
+    from cni.rtnl import IN6_ADDR_GEN_MODE_NONE
+
+    try:
+        ipr.rtnl.set_ipv6_addr_gen_mode(IN6_ADDR_GEN_MODE_NONE, index=index, name=name)
+    except Exception as exc:
+        if _netlink_errno(exc) not in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP):
+            raise CniError(INTERNAL, f"failed to turn off the IPv6 link-local address of {name or index}: {exc}") \
+                from exc
+
+
 def macvlan_mode(link: Link) -> str:
     from cni.rtnl import IFLA_MACVLAN_MODE, MACVLAN_MODE_IDS
 
@@ -176,9 +190,12 @@ def _no_vlan_filtering() -> CniError:
     return CniError(UNSUPPORTED_FIELD, "vlan: this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)")
 
 
-def attach_port(host: Netlink, port: str, bridge: int, hairpin: bool, vlan: int) -> None:
+def attach_port(host: Netlink, port: str, bridge: int, hairpin: bool, vlan: int, link_local: bool = False) -> None:
     """Enslave link `port` to `bridge` and bring it up (one request, by name), then set hairpin and the access
-    VLAN."""
+    VLAN. Unless `link_local`, the port comes up without an IPv6 link-local address: a bridge port's own
+    addresses are never used (the bridge takes every frame it receives), so it has nothing to announce."""
+    if not link_local:
+        without_ipv6_link_local(host, name=port)
     host.rtnl.set_link(name=port, master=bridge, up=True)
     if hairpin:
         host.iproute.brport("set", index=link_index(host, port), mode=1)  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN

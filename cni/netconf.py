@@ -55,6 +55,7 @@ class NetConf:
     mac: str = ""
     ip_masq: bool = False
     ipam: Mapping[str, Any] | None = None
+    ipv6_link_local: bool | None = None  # `ipv6LinkLocal`; None: only where the attachment uses IPv6
     dns: DNS = field(default_factory=DNS)
     prev_result: Result | None = None
     bridge: BridgeOptions = field(default_factory=BridgeOptions)
@@ -186,6 +187,7 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
         raise CniError(INVALID_CONFIG, f"ipam: expected an object with a string 'type', got {ipam!r}")
     if not ipam:
         ipam = None
+    ipv6_link_local = None if raw.get("ipv6LinkLocal") is None else _bool(raw, "ipv6LinkLocal")
     dns = parse_dns(raw.get("dns") or {}, "dns")
     prev = raw.get("prevResult")
     prev_result = parse_result(prev, version) if prev else None
@@ -201,6 +203,7 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
         mac=mac,
         ip_masq=ip_masq,
         ipam=ipam,
+        ipv6_link_local=ipv6_link_local,
         dns=dns,
         prev_result=prev_result,
         bridge=_bridge_options(raw) if mode == "bridge" else BridgeOptions(),

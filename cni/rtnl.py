@@ -27,6 +27,8 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_NET_NS_FD = 16, 18, 26, 28
 IFLA_INET_CONF = 1  # inside IFLA_AF_SPEC / AF_INET: the device's IPv4 sysctls, by IPV4_DEVCONF_* number
 IPV4_DEVCONF_ARP_NOTIFY = 22
+IFLA_INET6_ADDR_GEN_MODE = 8  # inside IFLA_AF_SPEC / AF_INET6: how the device makes its link-local address
+IN6_ADDR_GEN_MODE_EUI64, IN6_ADDR_GEN_MODE_NONE = 0, 1
 NETCONFA_IFINDEX, NETCONFA_FORWARDING, NETCONFA_IFINDEX_ALL = 1, 2, -1
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
@@ -248,6 +250,20 @@ class Rtnl:
         values = b"".join(attr(key, _u32(value)) for key, value in sorted(conf.items()))
         spec = attr(socket.AF_INET, attr(IFLA_INET_CONF, values))
         self.request(RTM_NEWLINK, NLM_F_ACK, _IFINFO.pack(0, 0, index, 0, 0) + attr(IFLA_AF_SPEC, spec))
+
+    def set_ipv6_addr_gen_mode(self, mode: int, index: int = 0, name: str = "") -> None:
+        """Set how link `index` (or `name`) makes its IPv6 link-local address; IN6_ADDR_GEN_MODE_NONE: it makes
+        none, so it sends no DAD, MLD or router solicitation of its own. It takes effect when the link goes up."""
+        spec = attr(socket.AF_INET6, attr(IFLA_INET6_ADDR_GEN_MODE, struct.pack("=B", mode)))
+        attrs = (attr(IFLA_IFNAME, _str(name)) if name else b"") + attr(IFLA_AF_SPEC, spec)
+        self.request(RTM_NEWLINK, NLM_F_ACK, _IFINFO.pack(0, 0, index, 0, 0) + attrs)
+
+    def ipv6_addr_gen_mode(self, index: int) -> int | None:
+        """IFLA_INET6_ADDR_GEN_MODE of link `index`, None if it has no IPv6 (RTM_GETLINK's IFLA_AF_SPEC)."""
+        payload = self.request(RTM_GETLINK, 0, _IFINFO.pack(0, 0, index, 0, 0))[0][1]
+        spec = _attrs(_attrs(payload, _IFINFO.size).get(IFLA_AF_SPEC, b""))
+        raw = _attrs(spec.get(socket.AF_INET6, b"")).get(IFLA_INET6_ADDR_GEN_MODE, b"")
+        return raw[0] if raw else None
 
     def ipv4_conf(self, index: int) -> dict[int, int]:
         """The IPv4 sysctls of link `index`, keyed by IPV4_DEVCONF_* number (RTM_GETLINK's IFLA_AF_SPEC)."""

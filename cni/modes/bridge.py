@@ -25,6 +25,7 @@ from cni.links import (
     setup_veth,
     wait_addresses_settled,
     wait_oper_up,
+    without_ipv6_link_local,
 )
 from cni.modes import (
     Call,
@@ -37,6 +38,7 @@ from cni.modes import (
     ipam_check,
     ipam_del,
     ipam_release_quietly,
+    ipv6_link_local,
     masquerade_add,
     masquerade_del,
     masquerade_del_quietly,
@@ -65,7 +67,8 @@ def cmd_add(call: Call) -> Result:
             pod_link = link_state_by_name(pod, req.ifname)
             if pod_link is None:
                 raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
-            attach_port(host, host_name, bridge.index, opts.hairpin_mode, opts.vlan)
+            attach_port(host, host_name, bridge.index, opts.hairpin_mode, opts.vlan,
+                        link_local=conf.ipv6_link_local is True)
             ipam = ipam_add(call)
             try:
                 result = _configure(call, host, pod, bridge.index, host_name, pod_link, ipam)
@@ -105,6 +108,8 @@ def _configure(call: Call, host: Netlink, pod: Netlink, bridge: int, host_port: 
         run_in_netns(call.netns_fd, lambda: pod_ipv6_sysctls(req.ifname, dad=opts.enable_dad))
     # The reference bridge turns DAD off in the pod (accept_dad=0) unless `enabledad`; NODAD on each address does
     # the same per address. With DAD on, wait until the addresses are usable, as the reference does.
+    if not ipv6_link_local(call, ipam):
+        without_ipv6_link_local(pod, pod_state.index)
     configure_iface(pod, pod_state.index, ipam.ips, ipam.routes, nodad=not opts.enable_dad)
     if opts.enable_dad and any(ip.family == 6 and ip.gateway for ip in ipam.ips):
         wait_addresses_settled(pod, pod_state.index)

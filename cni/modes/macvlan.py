@@ -21,6 +21,7 @@ from cni.links import (
     macvlan_mode,
     rename_link,
     wait_addresses_settled,
+    without_ipv6_link_local,
 )
 from cni.modes import (
     Call,
@@ -32,6 +33,7 @@ from cni.modes import (
     ipam_check,
     ipam_del,
     ipam_release_quietly,
+    ipv6_link_local,
     pod_ipv6_sysctls,
     prev_container_iface,
     remove_pod_link,
@@ -84,6 +86,8 @@ def cmd_add(call: Call) -> Result:
                 fams = families(ipam)
                 if 6 in fams:
                     run_in_netns(call.netns_fd, lambda: pod_ipv6_sysctls(req.ifname, ndisc_notify=True))
+                if not ipv6_link_local(call, ipam):
+                    without_ipv6_link_local(pod, index)
                 configure_iface(pod, index, ipam.ips, ipam.routes, nodad=False)
                 if any(ip.family == 6 and ip.gateway for ip in ipam.ips):
                     wait_addresses_settled(pod, index)

@@ -22,6 +22,7 @@ from cni.links import (
     route_exists,
     set_up,
     setup_veth,
+    without_ipv6_link_local,
 )
 from cni.modes import (
     Call,
@@ -34,6 +35,7 @@ from cni.modes import (
     ipam_check,
     ipam_del,
     ipam_release_quietly,
+    ipv6_link_local,
     masquerade_add,
     masquerade_del,
     masquerade_del_quietly,
@@ -85,6 +87,9 @@ def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result,
         run_in_netns(call.netns_fd, lambda: pod_ipv6_sysctls(req.ifname, dad=False))
         # The host end routes for the pod: its link-local must not sit in DAD while the first packets arrive.
         write_sysctl(f"net/ipv6/conf/{host_name}/accept_dad", "0", missing_ok=True)
+    if not ipv6_link_local(call, ipam):
+        without_ipv6_link_local(pod, pod_link)
+        without_ipv6_link_local(host, host_link)
     for ip in ipam.ips:
         # No connected subnet route: every destination, the subnet included, goes through the gateway.
         add_address(pod, pod_link, ip.address, nodad=True, noprefixroute=True)
