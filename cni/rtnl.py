@@ -258,13 +258,6 @@ class Rtnl:
         attrs = (attr(IFLA_IFNAME, _str(name)) if name else b"") + attr(IFLA_AF_SPEC, spec)
         self.request(RTM_NEWLINK, NLM_F_ACK, _IFINFO.pack(0, 0, index, 0, 0) + attrs)
 
-    def ipv6_addr_gen_mode(self, index: int) -> int | None:
-        """IFLA_INET6_ADDR_GEN_MODE of link `index`, None if it has no IPv6 (RTM_GETLINK's IFLA_AF_SPEC)."""
-        payload = self.request(RTM_GETLINK, 0, _IFINFO.pack(0, 0, index, 0, 0))[0][1]
-        spec = _attrs(_attrs(payload, _IFINFO.size).get(IFLA_AF_SPEC, b""))
-        raw = _attrs(spec.get(socket.AF_INET6, b"")).get(IFLA_INET6_ADDR_GEN_MODE, b"")
-        return raw[0] if raw else None
-
     def ipv4_conf(self, index: int) -> dict[int, int]:
         """The IPv4 sysctls of link `index`, keyed by IPV4_DEVCONF_* number (RTM_GETLINK's IFLA_AF_SPEC)."""
         body = _IFINFO.pack(0, 0, index, 0, 0)
