@@ -10,6 +10,8 @@ operator finds what they know and either plugin can take over the directory):
   one small file instead of every reservation. `:` cannot occur in a valid container ID or interface name,
   so the name is unambiguous.
 
+- `by-key/.spare.<pid>.<random>`: empty files the node daemon made ahead of time (see `SparePool`); not reservations.
+
 Crash safety (SIGKILL at any instruction). A reservation is made in this order: append the address to the
 key's index, create the address file with O_EXCL, write the owner in one write(2). So every address file
 that exists is listed in its key's index, or empty; DEL by key therefore finds everything the key ever
@@ -25,6 +27,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -49,6 +52,8 @@ _MAX_NETWORK_NAME = MAX_NETWORK_NAME
 _NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _NAME_REST = _NAME_FIRST | frozenset("_.-")
 _TMP_PREFIX = ".tmp."
+SPARE_PREFIX = ".spare."
+SPARES_PER_NETWORK = 4  # what the daemon keeps ready per network: an ADD takes two (index and address file)
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,61 @@ def _thread_lock(path: str) -> threading.Lock:
         return _thread_locks.setdefault(path, threading.Lock())
 
 
+class SparePool:
+    """Empty files under `by-key/` that this process made after an earlier reply, for the next ADDs to take.
+
+    Creating a file allocates an inode, which can cost more than the rest of an IPAM ADD: ext4 without a journal
+    (this project's VMs) steps one by one over every inode freed in the last minutes (find_inode_bit ->
+    recently_deleted), 0.05-0.9 ms a file after a few hundred DELs. An ADD makes two files, the key's index and
+    the address file. With spares it hard-links an existing empty inode under each new name instead (link(2)
+    fails on an existing name, as O_EXCL does) and drops the spare's own name, and the node daemon makes new
+    spares after its reply (`cni.deferred`). Elsewhere nothing is made ahead: the process is about to exit.
+
+    A pool belongs to one process (forked serving processes each start their own: two processes linking one
+    spare would give two addresses one inode). Spares a killed daemon left are empty files GC removes; one that
+    GC removed under a live pool only makes that ADD create its file after all."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._names: list[str] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> str | None:
+        with self._lock:
+            return self._names.pop() if self._names else None
+
+    def give_back(self, name: str) -> None:
+        with self._lock:
+            self._names.append(name)
+
+    def refill(self) -> None:
+        """Make spares up to SPARES_PER_NETWORK. Runs outside the lock: the names are this process's own (pid and
+        a random part, so a name a dead process of the same pid left is no obstacle)."""
+        for _ in range(4 * SPARES_PER_NETWORK):
+            with self._lock:
+                if len(self._names) >= SPARES_PER_NETWORK:
+                    return
+            name = f"{INDEX_DIR}/{SPARE_PREFIX}{os.getpid()}.{secrets.token_hex(4)}"
+            try:
+                fd = os.open(os.path.join(self.path, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o644)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                log.debug("no spare file in %s: %s", self.path, exc)
+                return
+            os.close(fd)
+            self.give_back(name)
+
+
+_pools: dict[tuple[int, str], SparePool] = {}
+
+
+def _spare_pool(path: str) -> SparePool:
+    with _thread_locks_guard:
+        return _pools.setdefault((os.getpid(), path), SparePool(path))
+
+
 class ReservationStore:
     """The reservations of one network. Every operation runs inside `transaction()`."""
 
@@ -155,7 +215,8 @@ class ReservationStore:
             raise CniError(INTERNAL, f"failed to open IPAM data directory {self.path}: {exc.strerror}") from None
         try:
             deadline = time.monotonic() + self.lock_timeout
-            mutex = _thread_lock(os.path.realpath(self.path))
+            real_path = os.path.realpath(self.path)
+            mutex = _thread_lock(real_path)
             if not mutex.acquire(timeout=self.lock_timeout):
                 raise CniError(TRY_AGAIN, f"timed out after {self.lock_timeout:g}s waiting for the IPAM lock of "
                                           f"{self.path}")
@@ -163,9 +224,14 @@ class ReservationStore:
                 lock_fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=dfd)
                 try:
                     self._flock(lock_fd, deadline)
-                    txn = Transaction(dfd, self.path)
+                    from cni import deferred
+
+                    pool = _spare_pool(real_path) if deferred.active() else None
+                    txn = Transaction(dfd, self.path, pool)
                     txn.ensure_index()
                     yield txn
+                    if pool is not None and txn.spares_used:
+                        deferred.later(pool.refill)
                 except OSError as exc:  # a full or read-only disk, or a foreign file where ours should be
                     name = f" ({exc.filename})" if exc.filename else ""
                     raise CniError(INTERNAL, f"IPAM store {self.path}: {exc.strerror or exc}{name}") from exc
@@ -193,9 +259,11 @@ class ReservationStore:
 class Transaction:
     """Operations on one network directory while its lock is held. Names are relative to `dfd`."""
 
-    def __init__(self, dfd: int, path: str) -> None:
+    def __init__(self, dfd: int, path: str, spares: SparePool | None = None) -> None:
         self._dfd = dfd
         self.path = path
+        self._spares = spares
+        self.spares_used = False  # wanted or taken: the pool wants refilling after the reply
 
     # -- small file primitives -------------------------------------------------------------------------
 
@@ -228,6 +296,26 @@ class Transaction:
             return True
         except FileNotFoundError:
             return False
+
+    def _from_spare(self, name: str) -> bool | None:
+        """Give `name` a spare's empty inode: True if it now exists so, False if `name` existed already (the
+        spare stays in the pool), None if no spare could serve (the caller creates the file)."""
+        if self._spares is None:
+            return None
+        self.spares_used = True
+        spare = self._spares.take()
+        if spare is None:
+            return None
+        try:
+            os.link(spare, name, src_dir_fd=self._dfd, dst_dir_fd=self._dfd)
+        except FileExistsError:
+            self._spares.give_back(spare)
+            return False
+        except OSError as exc:  # removed by GC, or a filesystem that will not link
+            log.debug("spare %s/%s not used: %s", self.path, spare, exc)
+            return None
+        self._unlink(spare)
+        return True
 
     def _owner(self, ip: str) -> str | None:
         """Who holds `ip`: the trimmed owner string, "" for an empty (free) file, None when there is no file."""
@@ -286,15 +374,20 @@ class Transaction:
         except FileNotFoundError:
             pass
         # Index first: from here on, a crash leaves nothing that DEL by key cannot find.
+        self._from_spare(key.index_name)  # an index already there (another range's address) stays as it is
         fd = os.open(key.index_name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=self._dfd)
         try:
             os.write(fd, f"{ip}\n".encode())
         finally:
             os.close(fd)
-        try:
-            fd = os.open(ip, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=self._dfd)
-        except FileExistsError:
+        linked = self._from_spare(ip)
+        if linked is False:
             return False  # a writer that ignores the lock; our stale index line is ignored by readers
+        try:
+            flags = os.O_WRONLY | os.O_CLOEXEC | (0 if linked else os.O_CREAT | os.O_EXCL)
+            fd = os.open(ip, flags, 0o644, dir_fd=self._dfd)
+        except FileExistsError:
+            return False  # as above
         try:
             os.write(fd, key.owner.encode())
         except OSError:
