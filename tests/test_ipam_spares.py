@@ -122,3 +122,78 @@ def test_a_spare_a_dead_daemon_left_is_never_taken_and_gc_removes_it(tmp_path: P
     assert orphan.exists() and orphan.stat().st_nlink == 1
     ipam_gc(request(tmp_path, "gc", command="GC"), [("a", "eth0")])
     assert not orphan.exists()
+
+
+_SPARE_CRASHER = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from cni import deferred
+from cni.ipam import IpamRequest, ipam_add
+from cni.ipam.store import _spare_pool
+
+data_dir, kill_at = Path(sys.argv[2]), int(sys.argv[3])
+ranges = [[{"subnet": "10.93.0.0/24"}], [{"subnet": "fd93::/120"}]]
+netconf = {"cniVersion": "1.1.0", "name": "net1", "type": "vnfio",
+           "ipam": {"type": "host-local", "dataDir": str(data_dir), "ranges": ranges}}
+req = IpamRequest(command="ADD", container_id="victim", ifname="eth0", netns="/x", cni_args={}, cni_path=(),
+                  env={}, netconf=netconf)
+_spare_pool(os.path.realpath(data_dir / "net1")).refill()  # this process's spares, as a serving daemon has them
+calls = 0
+
+def counted(real):
+    def call(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+
+for name in ("open", "write", "close", "unlink", "rename", "link", "mkdir", "stat", "read", "scandir"):
+    setattr(os, name, counted(getattr(os, name)))
+with deferred.collecting():
+    ipam_add(req)
+print("completed")
+"""
+
+
+def test_sigkill_at_every_call_of_an_add_on_spares_then_del_and_gc_leave_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    ranges = [[{"subnet": "10.93.0.0/24"}], [{"subnet": "fd93::/120"}]]
+    ipam_add(request(tmp_path, "tenant", ranges=ranges))  # the directory and its index exist, one tenant holds two
+    repo = str(Path(__file__).resolve().parent.parent)
+    net = tmp_path / "net1"
+
+    def held() -> dict[str, bytes]:
+        """Address file -> owner, for every non-empty one (what the reference counts as reserved)."""
+        found = {}
+        for p in net.iterdir():
+            try:
+                ipaddress.ip_address(p.name)
+            except ValueError:
+                continue
+            if p.read_bytes():
+                found[p.name] = p.read_bytes()
+        return found
+
+    tenant = held()
+    assert len(tenant) == 2
+    kills = 0
+    for kill_at in range(1, 200):
+        proc = subprocess.run([sys.executable, "-c", _SPARE_CRASHER, repo, str(tmp_path), str(kill_at)],
+                              capture_output=True, timeout=60, check=False)
+        done = proc.returncode == 0
+        assert done or proc.returncode == -9, proc.stderr.decode()
+        ipam_del(request(tmp_path, "victim", command="DEL", ranges=ranges))
+        assert held() == tenant, f"killed at call {kill_at}"
+        ipam_gc(request(tmp_path, "gc", command="GC", ranges=ranges), [("tenant", "eth0")])
+        assert spares(tmp_path) == {}, f"killed at call {kill_at}: GC left spares"
+        assert sorted(p.name for p in (net / "by-key").iterdir()) == ["tenant:eth0"]
+        if done:
+            break
+        kills += 1
+    assert kills >= 10, "the ADD was interrupted at each of its steps before it completed"
+    assert len(ipam_add(request(tmp_path, "after", ranges=ranges))["ips"]) == 2

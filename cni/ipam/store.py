@@ -19,6 +19,8 @@ touched. Readers never trust the index alone: an entry counts only if the addres
 so entries for addresses that were never created, or that another key owns, are ignored. An empty address
 file is a reservation that died before its owner was written (also the reference's bug #498): it is free.
 Process death is covered; power loss may leave empty files, which are then free as well.
+With a spare (`SparePool`), "create" is link(2) of an empty file, which fails on an existing name as O_EXCL
+does; a death right after it leaves the spare's name on that empty (free) file too, which GC removes.
 """
 
 from __future__ import annotations
