@@ -42,6 +42,8 @@ def test_bench_cni_quick_prints_both_implementations_and_cleans_up() -> None:
         for implementation in (reference, "vnfio via daemon", "vnfio in-process"):
             for op in ("ADD", "CHECK", "DEL"):
                 assert re.search(rf"{implementation}\s+{op}\s+{NUMBER}", out), (implementation, op, out)
+        for implementation in (reference, "vnfio via daemon"):  # the growth pass, each alone
+            assert re.search(rf"{implementation} alone\s+ADD\s+{NUMBER}", out), (implementation, out)
     assert re.search(rf"ours/reference: serial ADD p50 {NUMBER}", out), out
     assert re.search(rf"client exec \+ socket round trip to a do-nothing daemon: {NUMBER}", out), out
     links_after, netns_after = _machine_state()
