@@ -13,12 +13,13 @@ Per mode, the reference and vnfio get identical subnets and options, each on its
 Serial phases interleave the implementations pod by pod (pod i: reference, then vnfio), so machine noise hits
 both alike; the parallel phases (P workers) run one implementation after the other. The growth of ADD with the
 number of pods comes from a separate pass per implementation, alone on the machine: N serial ADDs onto its empty
-bridge, then (not counted) DEL. Interleaved, each one's ADDs would also pay for the other's pods (see `alone`). A DEL counts until its exec
-exits, as a runtime sees it; vnfio's daemon deletes the link right after answering, so the harness also waits
-until the pod netns holds only lo before the next exec (serial; reported as "gone after") or before it stops the
-clock of the phase (P workers). Every result is verified
-(eth0 up with the result's address in each netns, no duplicate address; after DEL: only `lo` left, host veths
-gone, no IPAM reservation left). Everything made here is removed at the end, also on Ctrl-C or SIGTERM.
+bridge, then (not counted) DEL. Interleaved, each one's ADDs would also pay for the other's pods (see `alone`).
+
+A DEL counts until its exec exits, as a runtime sees it; vnfio's daemon deletes the link right after answering,
+so the harness also waits until the pod netns holds only lo before the next exec (serial; reported as "gone
+after") or before it stops the clock of the phase (P workers). Every result is verified (eth0 up with the result's
+address in each netns, no duplicate address; after DEL: only `lo` left, host veths gone, no IPAM reservation
+left). Everything made here is removed at the end, also on Ctrl-C or SIGTERM.
 
     sudo .venv/bin/python hack/bench_cni.py                # N=500 pods, P=8 workers, all modes
     sudo .venv/bin/python hack/bench_cni.py --quick        # smoke run: N=20, P=4
