@@ -333,6 +333,24 @@ def serial_interleaved(runs: Sequence[Run], count: int, settle: float = 0.0) -> 
                 verify_deleted(run.impl, run.namespaces[:count], run.results, run.data_dir)
 
 
+def quiesce(busy: float = 0.1, window: float = 0.5, limit: float = 15.0) -> None:
+    """Wait until the CPUs are idle (busy below `busy` over `window` seconds), at most `limit` seconds: the kernel
+    goes on tearing down deleted links, and a daemon its deferred work, for a while after a DEL phase returns."""
+
+    def ticks() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        total0, idle0 = ticks()
+        time.sleep(window)
+        total1, idle1 = ticks()
+        if total1 > total0 and 1 - (idle1 - idle0) / (total1 - total0) < busy:
+            return
+
+
 def alone(run: Run, count: int, workers: int, settle: float = 0.0) -> None:
     """The growth pass: ADD `count` pods one after the other onto the run's own, empty bridge (master, subnet), with
     no pod of the other implementation on the machine; then DEL them all with `workers` (not counted).
@@ -575,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not args.no_growth_pass:
                     for run in runs:
                         print(f"[{mode}] growth pass, {run.impl.name} alone ...", file=sys.stderr, flush=True)
-                        time.sleep(1)  # what the previous phase's deletes left the kernel doing
+                        quiesce()
                         alone(run, args.pods, args.workers, args.settle_ms / 1000)
                 inproc = None
                 if args.in_process_pods:
