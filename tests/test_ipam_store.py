@@ -259,26 +259,15 @@ def test_lock_timeout_is_try_again(tmp_path: Path) -> None:
 # -- crash consistency ----------------------------------------------------------------------------------------
 
 _CRASHER = textwrap.dedent("""
-    import os, signal, sys
+    import sys
     from pathlib import Path
-    sys.path.insert(0, sys.argv[1])
+    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+    from crashpoint import arm
     from cni.ipam import ipam_add, ipam_del
     exec(sys.argv[6])
     data_dir, cid, kill_at, command = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
     ranges = [[{"subnet": "10.92.0.0/24"}], [{"subnet": "fd92::/120"}]]
-    calls = 0
-
-    def counted(real):
-        def call(*args, **kwargs):
-            global calls
-            calls += 1
-            if calls == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(*args, **kwargs)
-        return call
-
-    for name in ("open", "write", "close", "unlink", "rename", "mkdir", "makedirs", "stat", "read", "scandir"):
-        setattr(os, name, counted(getattr(os, name)))
+    arm(kill_at)
     if command == "ADD":
         ipam_add(request(data_dir, cid, ranges=ranges))
     else:
