@@ -448,6 +448,24 @@ class Scenario:
             **extra,
         }
 
+    def mode_conf(self, mode: str, *subnets: str, gateway: bool = False, **extra: Any) -> dict[str, Any]:
+        """A vnfio attachment config for `mode` on this test's own links, `extra` keys added last.
+
+        Mode bridge gets a bridge of its own (and `isGateway` with `gateway`); mode macvlan gets a host veth end
+        with carrier as its master (this kernel has no dummy driver), in `macvlanMode` bridge. Host-local IPAM over
+        `subnets`, one range set each, when any are given."""
+        conf: dict[str, Any] = {"cniVersion": "1.1.0", "name": f"n{self.tag}", "type": "vnfio", "mode": mode}
+        if subnets:
+            conf["ipam"] = self.host_local(*subnets)
+        if mode == "bridge":
+            conf["bridge"] = self.link_name("br")
+            if gateway:
+                conf["isGateway"] = True
+        elif mode == "macvlan":
+            conf.update(master=self.veth_pair("mv")[0], macvlanMode="bridge")
+        conf.update(extra)
+        return conf
+
     def close(self) -> None:
         for name in self._host_links:
             subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)

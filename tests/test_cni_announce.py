@@ -266,21 +266,9 @@ def test_collecting_is_per_thread() -> None:
 # --- 3. arp_notify on the pod interface after every mode's ADD ---------------------------------------------------
 
 
-def _mode_conf(world: Scenario, mode: str) -> dict[str, Any]:
-    subnet = random_subnet()
-    conf: dict[str, Any] = {"cniVersion": "1.1.0", "name": f"an{world.tag}", "type": "vnfio", "mode": mode,
-                            "ipam": world.host_local(str(subnet))}
-    if mode == "bridge":
-        conf["bridge"] = world.link_name("br")
-    elif mode == "macvlan":
-        master, _ = world.veth_pair("mvm")  # no dummy driver here: a veth end with carrier is the master
-        conf["master"] = master
-    return conf
-
-
 @pytest.mark.parametrize("mode", ["bridge", "veth", "macvlan"])
 def test_arp_notify_is_on_for_the_pod_interface(world: Scenario, mode: str) -> None:
-    conf = _mode_conf(world, mode)
+    conf = world.mode_conf(mode, str(random_subnet()))
     ns = world.netns()
     assert _read(ns, "net/ipv4/conf/default/arp_notify") == "0", "a new netns starts with it off"
     added = run_vnfio(cni_env("ADD", "pod", ns.path), conf)
@@ -309,7 +297,7 @@ def test_an_ipv4_only_add_leaves_proc_sys_alone_when_forwarding_is_on(world: Sce
 
     monkeypatch.setattr(cni.netns, "write_sysctl", spy)
     ns = world.netns()
-    conf = _mode_conf(world, "bridge")
+    conf = world.mode_conf("bridge", str(random_subnet()))
     conf["isGateway"] = True
     added = run_vnfio(cni_env("ADD", "pod", ns.path), conf)
     assert added.code == 0, added.out

@@ -59,21 +59,6 @@ def vnfio(env: Mapping[str, str], conf: Mapping[str, Any], socket_path: Path, **
     return Outcome(proc.returncode, proc.stdout.decode())
 
 
-def _conf(world: Scenario, mode: str, subnet: str) -> dict[str, Any]:
-    conf: dict[str, Any] = {
-        "cniVersion": "1.1.0",
-        "name": f"d{world.tag}",
-        "type": "vnfio",
-        "mode": mode,
-        "ipam": world.host_local(subnet),
-    }
-    if mode == "bridge":
-        conf.update(bridge=world.link_name("br"), isGateway=True)
-    if mode == "macvlan":
-        conf.update(master=world.veth_pair("mv")[0], macvlanMode="bridge")
-    return conf
-
-
 def _shape(result: dict[str, Any]) -> dict[str, Any]:
     """The result with what differs between two pods (names of host veths, MACs, sandbox, address) blanked."""
     shaped = json.loads(json.dumps(result))
@@ -96,7 +81,7 @@ def _attachment(ns: Netns, ifname: str = "eth0") -> tuple[str, set[str]]:
 @pytest.mark.parametrize("mode", ["veth", "bridge", "macvlan"])
 def test_daemon_and_in_process_give_the_same_results(world: Scenario, daemon: CniDaemonProcess, mode: str) -> None:
     subnet = str(random_subnet())
-    conf = _conf(world, mode, subnet)
+    conf = world.mode_conf(mode, subnet, gateway=True)
     absent = daemon.socket.with_name("absent.sock")
     paths = {"daemon": daemon.socket, "in-process": absent}
     shapes, host_names, addresses = {}, set(), set()
@@ -122,7 +107,7 @@ def test_daemon_and_in_process_give_the_same_results(world: Scenario, daemon: Cn
 
 
 def test_errors_are_the_same_through_the_daemon(world: Scenario, daemon: CniDaemonProcess, tmp_path: Path) -> None:
-    conf = _conf(world, "veth", str(random_subnet()))
+    conf = world.mode_conf("veth", str(random_subnet()), gateway=True)
     missing = f"/run/netns/vnfio-absent-{world.tag}"
     loop = tmp_path / "loop"
     loop.symlink_to(loop)  # exists, cannot be opened (ELOOP): the client does not forward it
@@ -142,7 +127,7 @@ def test_errors_are_the_same_through_the_daemon(world: Scenario, daemon: CniDaem
 
 
 def test_no_daemon_or_a_stale_socket_falls_back_in_process(world: Scenario, socket_dir: Path) -> None:
-    conf = _conf(world, "veth", str(random_subnet()))
+    conf = world.mode_conf("veth", str(random_subnet()), gateway=True)
     stale = socket_dir / "stale.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
         dead.bind(str(stale))  # bound, never listening: connect() gets ECONNREFUSED
@@ -160,7 +145,7 @@ def test_a_silent_daemon_is_given_up_on_before_go_so_the_work_runs_exactly_once(
 ) -> None:
     """A daemon that accepts the connection but never answers: the client does the ADD itself, and never sends GO,
     so a daemon that wakes up late would drop the request instead of running it a second time."""
-    conf = _conf(world, "veth", str(random_subnet()))
+    conf = world.mode_conf("veth", str(random_subnet()), gateway=True)
     path = socket_dir / "silent.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
@@ -215,7 +200,7 @@ def _serve_once(listener: socket.socket, answer: bytes) -> threading.Thread:
 
 
 def test_a_daemon_lost_after_go_fails_add_with_try_again_but_repeats_del(world: Scenario, socket_dir: Path) -> None:
-    conf = _conf(world, "veth", str(random_subnet()))
+    conf = world.mode_conf("veth", str(random_subnet()), gateway=True)
     path = socket_dir / "dying.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind(str(path))
@@ -236,7 +221,7 @@ def test_a_daemon_lost_after_go_fails_add_with_try_again_but_repeats_del(world: 
 
 def test_a_daemon_restart_mid_run_loses_nothing(world: Scenario, socket_dir: Path) -> None:
     subnet = str(random_subnet())
-    conf = _conf(world, "bridge", subnet)
+    conf = world.mode_conf("bridge", subnet, gateway=True)
     sock = socket_dir / "cni.sock"
     pods: list[tuple[Netns, str, dict[str, Any]]] = []
     with CniDaemonProcess(sock, workers=4) as first:
@@ -267,7 +252,7 @@ def test_a_daemon_restart_mid_run_loses_nothing(world: Scenario, socket_dir: Pat
 
 
 def test_parallel_adds_through_the_daemon_get_distinct_addresses(world: Scenario, daemon: CniDaemonProcess) -> None:
-    conf = _conf(world, "bridge", str(random_subnet()))
+    conf = world.mode_conf("bridge", str(random_subnet()), gateway=True)
     namespaces = [world.netns() for _ in range(12)]
     outcomes: dict[int, Outcome] = {}
 
@@ -291,7 +276,7 @@ def test_parallel_adds_through_the_daemon_get_distinct_addresses(world: Scenario
 def test_the_daemon_uses_the_passed_fd_and_never_the_netns_path(world: Scenario, daemon: CniDaemonProcess) -> None:
     """The client runs in a private mount namespace where CNI_NETNS is a bind mount on a private tmpfs: the path
     does not exist for the daemon at all, so only the fd passed over the socket can have reached the netns."""
-    conf = _conf(world, "veth", str(random_subnet()))
+    conf = world.mode_conf("veth", str(random_subnet()), gateway=True)
     ns = world.netns()
     private_dir = f"/tmp/vnfio-private-{os.getpid()}-{suffix()}"
     private_path = f"{private_dir}/pod-netns"
@@ -460,7 +445,7 @@ def _children(pid: int) -> set[int]:
 
 
 def test_a_dead_serving_process_is_replaced_and_sigterm_stops_them_all(world: Scenario, socket_dir: Path) -> None:
-    conf = _conf(world, "veth", str(random_subnet()))
+    conf = world.mode_conf("veth", str(random_subnet()), gateway=True)
     with CniDaemonProcess(socket_dir / "cni.sock", processes=2, workers=4) as daemon:
         assert daemon.proc is not None
         deadline = time.monotonic() + 30

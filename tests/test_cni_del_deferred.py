@@ -47,17 +47,6 @@ MODES = ["bridge", "veth", "macvlan"]
 # --- helpers ---------------------------------------------------------------------------------------------------------
 
 
-def _conf(world: Scenario, mode: str, subnet: ipaddress.IPv4Network) -> dict[str, Any]:
-    """One attachment config per mode, with host-local IPAM in this test's dataDir (reservations on disk)."""
-    conf: dict[str, Any] = {"cniVersion": "1.1.0", "name": f"dd{world.tag}", "type": "vnfio", "mode": mode,
-                            "ipam": world.host_local(str(subnet))}
-    if mode == "bridge":
-        conf.update(bridge=world.link_name("br"), isGateway=True)
-    if mode == "macvlan":
-        conf.update(master=world.veth_pair("mv")[0], macvlanMode="bridge")
-    return conf
-
-
 def _add(ns: Netns, conf: dict[str, Any], cid: str = "pod-a") -> dict[str, Any]:
     added = run_vnfio(cni_env("ADD", cid, ns.path), conf)
     assert added.code == 0, added.out
@@ -131,7 +120,7 @@ def _assert_retired_only(ns: Netns, old_index: int) -> str:
 
 @pytest.mark.parametrize("mode", ["bridge", "veth"])
 def test_collecting_del_retires_the_link_and_run_deletes_it(world: Scenario, mode: str) -> None:
-    conf = _conf(world, mode, random_subnet())
+    conf = world.mode_conf(mode, str(random_subnet()), gateway=True)
     ns = world.netns()
     result = _add(ns, conf)
     old_index = ns.links()["eth0"]["ifindex"]
@@ -152,7 +141,7 @@ def test_collecting_del_retires_the_link_and_run_deletes_it(world: Scenario, mod
 def test_collecting_del_strips_a_macvlan_and_run_deletes_it(world: Scenario) -> None:
     """A macvlan is retired without being taken down (that waits for a whole RCU grace period under the rtnl
     lock): renamed, still up, but with no address left to answer for; deferred.run deletes it."""
-    conf = _conf(world, "macvlan", random_subnet())
+    conf = world.mode_conf("macvlan", str(random_subnet()), gateway=True)
     ns = world.netns()
     result = _add(ns, conf)
     old_index = ns.links()["eth0"]["ifindex"]
@@ -176,7 +165,7 @@ def test_collecting_del_strips_a_macvlan_and_run_deletes_it(world: Scenario) -> 
 
 @pytest.mark.parametrize("mode", ["veth", "bridge"])
 def test_a_new_add_before_the_deferred_delete_is_left_intact(world: Scenario, mode: str) -> None:
-    conf = _conf(world, mode, random_subnet())
+    conf = world.mode_conf(mode, str(random_subnet()), gateway=True)
     ns = world.netns()
     first = _add(ns, conf)
     old_index = ns.links()["eth0"]["ifindex"]
@@ -238,7 +227,7 @@ os._exit(0)  # killed before its reply was sent: the queued delete never runs
 
 @pytest.mark.parametrize("second_del", ["in-process", "collecting"])
 def test_a_link_a_killed_daemon_retired_is_swept_by_the_next_del(world: Scenario, second_del: str) -> None:
-    conf = _conf(world, "veth", random_subnet())
+    conf = world.mode_conf("veth", str(random_subnet()), gateway=True)
     ns = world.netns()
     first = _add(ns, conf)
     old_index = ns.links()["eth0"]["ifindex"]
@@ -272,7 +261,7 @@ def test_a_link_a_killed_daemon_retired_is_swept_by_the_next_del(world: Scenario
 
 @pytest.mark.parametrize("mode", MODES)
 def test_in_process_del_deletes_at_once(world: Scenario, mode: str) -> None:
-    conf = _conf(world, mode, random_subnet())
+    conf = world.mode_conf(mode, str(random_subnet()), gateway=True)
     ns = world.netns()
     result = _add(ns, conf)
     out = run_vnfio(cni_env("DEL", "pod-a", ns.path), {**conf, "prevResult": result})
@@ -289,7 +278,7 @@ def test_in_process_del_deletes_at_once(world: Scenario, mode: str) -> None:
 @pytest.mark.parametrize("mode", ["veth", "bridge"])
 def test_del_through_the_daemon_deletes_after_its_answer(world: Scenario, socket_dir: Path, tmp_path: Path,
                                                          mode: str) -> None:
-    conf = _conf(world, mode, random_subnet())
+    conf = world.mode_conf(mode, str(random_subnet()), gateway=True)
     ns = world.netns()
     with CniDaemonProcess(socket_dir / "cni.sock", log_path=tmp_path / "daemon.log", processes=1, workers=2,
                           log_level="DEBUG") as daemon:

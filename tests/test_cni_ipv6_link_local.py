@@ -66,18 +66,6 @@ def _proc_sys(ns: Netns, path: str) -> str:
     return ns.run(body)
 
 
-def _conf(world: Scenario, mode: str, *subnets: str, **extra: Any) -> dict[str, Any]:
-    conf: dict[str, Any] = {"cniVersion": "1.1.0", "name": f"ll{world.tag}", "type": "vnfio", "mode": mode, **extra}
-    if subnets:
-        conf["ipam"] = world.host_local(*subnets)
-    if mode == "bridge":
-        conf["bridge"] = world.link_name("br")
-    elif mode == "macvlan":
-        master, _ = world.veth_pair("llm")  # no dummy driver here: a veth end with carrier is the master
-        conf["master"] = master
-    return conf
-
-
 def _host_end(result: dict[str, Any]) -> str:
     """The host veth of a bridge or veth result (the first interface without a sandbox that is not the bridge)."""
     return next(i["name"] for i in result["interfaces"] if not i.get("sandbox") and i["name"].startswith("veth"))
@@ -112,7 +100,7 @@ def test_addr_gen_mode_set_over_netlink_is_what_proc_sys_shows(world: Scenario) 
 
 @pytest.mark.parametrize("mode", ["bridge", "veth", "macvlan"])
 def test_an_ipv4_only_pod_has_ipv6_on_but_no_link_local(world: Scenario, mode: str) -> None:
-    conf = _conf(world, mode, str(random_subnet()))
+    conf = world.mode_conf(mode, str(random_subnet()))
     ns = world.netns()
     added = run_vnfio(cni_env("ADD", "pod", ns.path), conf)
     assert added.code == 0, added.out
@@ -128,7 +116,7 @@ def test_an_ipv4_only_pod_has_ipv6_on_but_no_link_local(world: Scenario, mode: s
 
 @pytest.mark.parametrize("mode", ["bridge", "veth", "macvlan"])
 def test_ipv6_link_local_true_keeps_the_kernels_default(world: Scenario, mode: str) -> None:
-    conf = _conf(world, mode, str(random_subnet()), ipv6LinkLocal=True)
+    conf = world.mode_conf(mode, str(random_subnet()), ipv6LinkLocal=True)
     ns = world.netns()
     added = run_vnfio(cni_env("ADD", "pod", ns.path), conf)
     assert added.code == 0, added.out
@@ -141,7 +129,7 @@ def test_ipv6_link_local_true_keeps_the_kernels_default(world: Scenario, mode: s
 
 
 def test_a_dual_stack_bridge_pod_keeps_its_link_local_and_the_port_has_none(world: Scenario) -> None:
-    conf = _conf(world, "bridge", str(random_subnet()), str(random_subnet6()), isGateway=True)
+    conf = world.mode_conf("bridge", str(random_subnet()), str(random_subnet6()), isGateway=True)
     ns = world.netns()
     added = run_vnfio(cni_env("ADD", "pod", ns.path), conf)
     assert added.code == 0, added.out
@@ -153,7 +141,7 @@ def test_a_dual_stack_bridge_pod_keeps_its_link_local_and_the_port_has_none(worl
 
 def test_an_attachment_without_ipam_keeps_its_link_local(world: Scenario) -> None:
     """No IPAM: the workload configures the interface itself, perhaps over IPv6, so the kernel's default stays."""
-    conf = _conf(world, "bridge")
+    conf = world.mode_conf("bridge")
     ns = world.netns()
     added = run_vnfio(cni_env("ADD", "pod", ns.path), conf)
     assert added.code == 0, added.out
@@ -163,7 +151,7 @@ def test_an_attachment_without_ipam_keeps_its_link_local(world: Scenario) -> Non
 
 def test_an_ipv6_link_local_that_is_not_a_boolean_is_code_7_and_leaves_nothing(world: Scenario) -> None:
     subnet = random_subnet()
-    conf = _conf(world, "bridge", str(subnet), ipv6LinkLocal="no")
+    conf = world.mode_conf("bridge", str(subnet), ipv6LinkLocal="no")
     ns = world.netns()
     added = run_vnfio(cni_env("ADD", "pod", ns.path), conf)
     assert added.code == 1 and added.error_code == 7, added.out
@@ -195,7 +183,7 @@ def test_a_neighbour_on_the_bridge_hears_no_ipv6_from_an_ipv4_only_pod(world: Sc
     """By default the new pod sends nothing over IPv6; with `ipv6LinkLocal: true` the same sniffer hears its DAD or
     router solicitation, so the silence is the pod's, not the sniffer's."""
     extra = {} if link_local is None else {"ipv6LinkLocal": link_local}
-    conf = _conf(world, "bridge", str(random_subnet()), isGateway=True, **extra)
+    conf = world.mode_conf("bridge", str(random_subnet()), isGateway=True, **extra)
     a, b = world.netns(), world.netns()
     assert run_vnfio(cni_env("ADD", "pod-a", a.path), conf).code == 0
     sock = _ipv6_sniffer(a)  # listening before pod B exists: its first frames follow its link-up at once
@@ -222,7 +210,7 @@ def test_a_neighbour_on_the_bridge_hears_no_ipv6_from_an_ipv4_only_pod(world: Sc
 
 
 def test_the_daemon_path_gives_the_same_quiet_pod(world: Scenario, tmp_path: Any) -> None:
-    conf = _conf(world, "bridge", str(random_subnet()), isGateway=True)
+    conf = world.mode_conf("bridge", str(random_subnet()), isGateway=True)
     ns = world.netns()
     with CniDaemonProcess(tmp_path / "cni.sock") as daemon:
         added = daemon.run(cni_env("ADD", "pod", ns.path), conf)
