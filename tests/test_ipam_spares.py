@@ -8,17 +8,11 @@ import ipaddress
 import os
 from pathlib import Path
 
+from ipam_helpers import held, request
+
 from cni import deferred
-from cni.ipam import IpamRequest, ipam_add, ipam_del, ipam_gc
+from cni.ipam import ipam_add, ipam_del, ipam_gc
 from cni.ipam.store import SPARE_PREFIX, SPARES_PER_NETWORK, _spare_pool
-
-
-def request(data_dir: Path, container_id: str, command: str = "ADD", ranges: list | None = None) -> IpamRequest:
-    netconf = {"cniVersion": "1.1.0", "name": "net1", "type": "vnfio",
-               "ipam": {"type": "host-local", "dataDir": str(data_dir),
-                        "ranges": ranges or [[{"subnet": "10.91.0.0/24"}]]}}
-    return IpamRequest(command=command, container_id=container_id, ifname="eth0", netns="/x", cni_args={},
-                       cni_path=(), env={}, netconf=netconf)
 
 
 def spares(data_dir: Path) -> dict[str, int]:
@@ -129,16 +123,13 @@ import os, sys
 from pathlib import Path
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 from crashpoint import arm
+from ipam_helpers import request
 from cni import deferred
-from cni.ipam import IpamRequest, ipam_add
+from cni.ipam import ipam_add
 from cni.ipam.store import _spare_pool
 
 data_dir, kill_at = Path(sys.argv[2]), int(sys.argv[3])
-ranges = [[{"subnet": "10.93.0.0/24"}], [{"subnet": "fd93::/120"}]]
-netconf = {"cniVersion": "1.1.0", "name": "net1", "type": "vnfio",
-           "ipam": {"type": "host-local", "dataDir": str(data_dir), "ranges": ranges}}
-req = IpamRequest(command="ADD", container_id="victim", ifname="eth0", netns="/x", cni_args={}, cni_path=(),
-                  env={}, netconf=netconf)
+req = request(data_dir, "victim", ranges=[[{"subnet": "10.93.0.0/24"}], [{"subnet": "fd93::/120"}]])
 _spare_pool(os.path.realpath(data_dir / "net1")).refill()  # this process's spares, as a serving daemon has them
 arm(kill_at)
 with deferred.collecting():
@@ -156,19 +147,7 @@ def test_sigkill_at_every_call_of_an_add_on_spares_then_del_and_gc_leave_nothing
     repo = str(Path(__file__).resolve().parent.parent)
     net = tmp_path / "net1"
 
-    def held() -> dict[str, bytes]:
-        """Address file -> owner, for every non-empty one (what the reference counts as reserved)."""
-        found = {}
-        for p in net.iterdir():
-            try:
-                ipaddress.ip_address(p.name)
-            except ValueError:
-                continue
-            if p.read_bytes():
-                found[p.name] = p.read_bytes()
-        return found
-
-    tenant = held()
+    tenant = held(tmp_path)
     assert len(tenant) == 2
     kills = 0
     for kill_at in range(1, 200):
@@ -177,7 +156,7 @@ def test_sigkill_at_every_call_of_an_add_on_spares_then_del_and_gc_leave_nothing
         done = proc.returncode == 0
         assert done or proc.returncode == -9, proc.stderr.decode()
         ipam_del(request(tmp_path, "victim", command="DEL", ranges=ranges))
-        assert held() == tenant, f"killed at call {kill_at}"
+        assert held(tmp_path) == tenant, f"killed at call {kill_at}"
         ipam_gc(request(tmp_path, "gc", command="GC", ranges=ranges), [("tenant", "eth0")])
         assert spares(tmp_path) == {}, f"killed at call {kill_at}: GC left spares"
         assert sorted(p.name for p in (net / "by-key").iterdir()) == ["tenant:eth0"]

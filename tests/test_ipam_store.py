@@ -22,37 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+from ipam_helpers import held, request
 
 from cni.errors import INTERNAL, TRY_AGAIN, CniError
-from cni.ipam import IpamRequest, ipam_add, ipam_del, ipam_gc
+from cni.ipam import ipam_add, ipam_del, ipam_gc
 from cni.ipam.ranges import parse_range_set
 from cni.ipam.store import ReservationStore, reservation_key
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def request(data_dir: Path, container_id: str, ifname: str = "eth0", ranges: list | None = None,
-            command: str = "ADD") -> IpamRequest:
-    netconf = {"cniVersion": "1.1.0", "name": "net1", "type": "vnfio",
-               "ipam": {"type": "host-local", "dataDir": str(data_dir),
-                        "ranges": ranges or [[{"subnet": "10.90.0.0/24"}]]}}
-    return IpamRequest(command=command, container_id=container_id, ifname=ifname, netns="/x", cni_args={},
-                       cni_path=(), env={}, netconf=netconf)
-
-
-def held(data_dir: Path) -> dict[str, str]:
-    """Address -> owner for every non-empty address file (what the reference would count as reserved)."""
-    net = data_dir / "net1"
-    out = {}
-    for p in net.iterdir() if net.exists() else ():
-        try:
-            ipaddress.ip_address(p.name)
-        except ValueError:
-            continue
-        owner = p.read_bytes().decode()
-        if owner:
-            out[p.name] = owner
-    return out
 
 
 def debris(data_dir: Path) -> list[str]:
@@ -164,24 +141,13 @@ TestStoreMachine.settings = settings(max_examples=40, stateful_step_count=25, de
 
 # -- concurrency ----------------------------------------------------------------------------------------------
 
-# Children import only the package under test (not pytest or this module), so they start fast.
-_CHILD_REQUEST = textwrap.dedent("""
-    from cni.ipam import IpamRequest
-
-    def request(data_dir, container_id, ifname="eth0", ranges=None, command="ADD"):
-        netconf = {"cniVersion": "1.1.0", "name": "net1", "type": "vnfio",
-                   "ipam": {"type": "host-local", "dataDir": str(data_dir),
-                            "ranges": ranges or [[{"subnet": "10.90.0.0/24"}]]}}
-        return IpamRequest(command=command, container_id=container_id, ifname=ifname, netns="/x", cni_args={},
-                           cni_path=(), env={}, netconf=netconf)
-""")
-
+# Children import only the package under test and tests/ipam_helpers.py (not pytest), so they start fast.
 _WORKER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    sys.path.insert(0, sys.argv[1])
+    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
     from cni.ipam import ipam_add, ipam_del
-    exec(sys.argv[5])
+    from ipam_helpers import request
     data_dir, tag, rounds = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     got = {}
     for r in range(rounds):
@@ -195,8 +161,7 @@ _WORKER = textwrap.dedent("""
 
 
 def test_threads_and_processes_never_share_an_address(tmp_path: Path) -> None:
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(REPO), str(tmp_path), f"proc{p}", "6",
-                               _CHILD_REQUEST],
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(REPO), str(tmp_path), f"proc{p}", "6"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for p in range(4)]
     results: dict[str, str] = {}
     errors: list[BaseException] = []
@@ -264,7 +229,7 @@ _CRASHER = textwrap.dedent("""
     sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
     from crashpoint import arm
     from cni.ipam import ipam_add, ipam_del
-    exec(sys.argv[6])
+    from ipam_helpers import request
     data_dir, cid, kill_at, command = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
     ranges = [[{"subnet": "10.92.0.0/24"}], [{"subnet": "fd92::/120"}]]
     arm(kill_at)
@@ -279,8 +244,7 @@ _CRASH_RANGES = [[{"subnet": "10.92.0.0/24"}], [{"subnet": "fd92::/120"}]]
 
 def _crash_at(data_dir: Path, cid: str, kill_at: int, command: str = "ADD") -> bool:
     """Run `command` in a child killed at its `kill_at`-th os call; True when it ran to completion instead."""
-    proc = subprocess.run([sys.executable, "-c", _CRASHER, str(REPO), str(data_dir), cid, str(kill_at), command,
-                           _CHILD_REQUEST],
+    proc = subprocess.run([sys.executable, "-c", _CRASHER, str(REPO), str(data_dir), cid, str(kill_at), command],
                           capture_output=True, timeout=60, check=False)
     if proc.returncode == -signal.SIGKILL:
         return False
@@ -325,9 +289,9 @@ def test_sigkill_during_del_then_del_again_finishes(tmp_path: Path) -> None:
 _BUSY = textwrap.dedent("""
     import sys
     from pathlib import Path
-    sys.path.insert(0, sys.argv[1])
+    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
     from cni.ipam import ipam_add, ipam_del
-    exec(sys.argv[3])
+    from ipam_helpers import request
     data_dir = Path(sys.argv[2])
     print("ready", flush=True)
     while True:
@@ -346,7 +310,7 @@ _BUSY = textwrap.dedent("""
 def test_sigkill_at_random_moments_then_del_or_gc_leaves_nothing(tmp_path: Path, cleanup: str) -> None:
     rng = random.Random(os.getpid())
     for _ in range(8):
-        proc = subprocess.Popen([sys.executable, "-c", _BUSY, str(REPO), str(tmp_path), _CHILD_REQUEST],
+        proc = subprocess.Popen([sys.executable, "-c", _BUSY, str(REPO), str(tmp_path)],
                                 stdout=subprocess.PIPE)
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         time.sleep(rng.uniform(0.0, 0.25))
