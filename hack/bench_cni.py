@@ -368,29 +368,30 @@ def alone(run: Run, count: int, workers: int, settle: float = 0.0) -> None:
         if settle:
             time.sleep(settle)
     verify_added(run.impl, run.namespaces[:count], run.results)
-    pool = ThreadPoolExecutor(workers)
-    try:
-        list(pool.map(lambda i: _one(run, "DEL", i), range(count)))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with_workers(run, "DEL", count, workers)
     wait_links_gone(run.namespaces[:count])
     verify_deleted(run.impl, run.namespaces[:count], run.results, run.data_dir)
 
 
-def parallel(run: Run, count: int, workers: int) -> None:
-    run.results.clear()
+def with_workers(run: Run, op: str, count: int, workers: int) -> list[float]:
+    """`op` for pods 0..count-1 of `run` on `workers` threads; the latencies in pod order."""
     pool = ThreadPoolExecutor(workers)
     try:
-        for op in OPS:
-            started = time.perf_counter()
-            run.parallel[op].latencies = list(pool.map(lambda i, op=op: _one(run, op, i), range(count)))
-            if op == "DEL":
-                wait_links_gone(run.namespaces[:count])  # throughput counts until the links are really gone
-            run.parallel[op].wall = time.perf_counter() - started
-            if op == "ADD":
-                verify_added(run.impl, run.namespaces[:count], run.results)
+        return list(pool.map(lambda i: _one(run, op, i), range(count)))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: the execs already running finish, no new ones
+
+
+def parallel(run: Run, count: int, workers: int) -> None:
+    run.results.clear()
+    for op in OPS:
+        started = time.perf_counter()
+        run.parallel[op].latencies = with_workers(run, op, count, workers)
+        if op == "DEL":
+            wait_links_gone(run.namespaces[:count])  # throughput counts until the links are really gone
+        run.parallel[op].wall = time.perf_counter() - started
+        if op == "ADD":
+            verify_added(run.impl, run.namespaces[:count], run.results)
     verify_deleted(run.impl, run.namespaces[:count], run.results, run.data_dir)
 
 
