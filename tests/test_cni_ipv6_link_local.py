@@ -129,7 +129,7 @@ def test_ipv6_link_local_true_keeps_the_kernels_default(world: Scenario, mode: s
 
 
 def test_a_dual_stack_bridge_pod_keeps_its_link_local_and_the_port_has_none(world: Scenario) -> None:
-    conf = world.mode_conf("bridge", str(random_subnet()), str(random_subnet6()), isGateway=True)
+    conf = world.mode_conf("bridge", str(random_subnet()), str(random_subnet6()), gateway=True)
     ns = world.netns()
     added = run_vnfio(cni_env("ADD", "pod", ns.path), conf)
     assert added.code == 0, added.out
@@ -183,7 +183,7 @@ def test_a_neighbour_on_the_bridge_hears_no_ipv6_from_an_ipv4_only_pod(world: Sc
     """By default the new pod sends nothing over IPv6; with `ipv6LinkLocal: true` the same sniffer hears its DAD or
     router solicitation, so the silence is the pod's, not the sniffer's."""
     extra = {} if link_local is None else {"ipv6LinkLocal": link_local}
-    conf = world.mode_conf("bridge", str(random_subnet()), isGateway=True, **extra)
+    conf = world.mode_conf("bridge", str(random_subnet()), gateway=True, **extra)
     a, b = world.netns(), world.netns()
     assert run_vnfio(cni_env("ADD", "pod-a", a.path), conf).code == 0
     sock = _ipv6_sniffer(a)  # listening before pod B exists: its first frames follow its link-up at once
@@ -210,7 +210,7 @@ def test_a_neighbour_on_the_bridge_hears_no_ipv6_from_an_ipv4_only_pod(world: Sc
 
 
 def test_the_daemon_path_gives_the_same_quiet_pod(world: Scenario, tmp_path: Any) -> None:
-    conf = world.mode_conf("bridge", str(random_subnet()), isGateway=True)
+    conf = world.mode_conf("bridge", str(random_subnet()), gateway=True)
     ns = world.netns()
     with CniDaemonProcess(tmp_path / "cni.sock") as daemon:
         added = daemon.run(cni_env("ADD", "pod", ns.path), conf)

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
+from cni import deferred
 from cni.errors import INTERNAL, INVALID_CONFIG, INVALID_ENV, TRY_AGAIN, CniError
 from cni.request import MAX_CONTAINER_ID, MAX_NETWORK_NAME
 
@@ -226,8 +227,6 @@ class ReservationStore:
                 lock_fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=dfd)
                 try:
                     self._flock(lock_fd, deadline)
-                    from cni import deferred
-
                     pool = _spare_pool(real_path) if deferred.active() else None
                     txn = Transaction(dfd, self.path, pool)
                     txn.ensure_index()
