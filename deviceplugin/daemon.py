@@ -23,20 +23,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from deviceplugin.config import SAMPLE_CONFIG, ConfigError, ConfigResult, PoolConfig, load_config, parse_config
-from deviceplugin.configwatch import DEFAULT_POLL_INTERVAL as CONFIG_POLL_INTERVAL
-from deviceplugin.configwatch import ConfigWatch
-from deviceplugin.discovery import discover
-from deviceplugin.kubeletwatch import DEFAULT_POLL_INTERVAL as KUBELET_POLL_INTERVAL
-from deviceplugin.kubeletwatch import FileIdentity, KubeletWatch, file_identity, kubelet_socket
-from deviceplugin.metrics import MetricsEndpoint, PluginMetrics, serve_metrics
-from deviceplugin.nodeinfo import NodeReporter
-from deviceplugin.pools import build_pools
+from deviceplugin.discovery.inventory import discover
+from deviceplugin.discovery.uevents import Uevent, UeventListener, open_uevent_socket
+from deviceplugin.kubelet.dpapi.kubeletwatch import DEFAULT_POLL_INTERVAL as KUBELET_POLL_INTERVAL
+from deviceplugin.kubelet.dpapi.kubeletwatch import FileIdentity, KubeletWatch, file_identity, kubelet_socket
+from deviceplugin.kubelet.dpapi.registration import RegistrationError, register
+from deviceplugin.kubelet.dpapi.server import PluginServer, RpcEvent, RpcObserver
+from deviceplugin.observability.metrics import MetricsEndpoint, PluginMetrics, serve_metrics
+from deviceplugin.observability.nodeinfo import NodeReporter
+from deviceplugin.policy.config import SAMPLE_CONFIG, ConfigError, ConfigResult, PoolConfig, load_config, parse_config
+from deviceplugin.policy.configwatch import DEFAULT_POLL_INTERVAL as CONFIG_POLL_INTERVAL
+from deviceplugin.policy.configwatch import ConfigWatch
+from deviceplugin.policy.pools import build_pools
 from deviceplugin.records import ResourcePool
-from deviceplugin.registration import RegistrationError, register
-from deviceplugin.server import PluginServer, RpcEvent, RpcObserver
 from deviceplugin.settings import DaemonSettings
-from deviceplugin.uevents import Uevent, UeventListener, open_uevent_socket
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
-from deviceplugin.config import SAMPLE_CONFIG, ConfigError, ConfigResult, load_config, parse_config
-from deviceplugin.discovery import discover
-from deviceplugin.pools import PoolBuild, build_pools
+from deviceplugin.discovery.inventory import discover
+from deviceplugin.policy.config import SAMPLE_CONFIG, ConfigError, ConfigResult, load_config, parse_config
+from deviceplugin.policy.pools import PoolBuild, build_pools
 from deviceplugin.records import Inventory, PoolDevice, ResourcePool
 
 

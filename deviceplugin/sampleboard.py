@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from deviceplugin.iommu import group_node_path
+from deviceplugin.discovery.iommu import group_node_path
 
 FSL_MC_PLATFORM = "devices/platform/soc/80c000000.fsl-mc"
 PCI_ROOT_PORT = "devices/platform/soc/3800000.pcie/pci0001:00/0001:00:00.0"

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from kubelet_stub import HEALTHY, UNHEALTHY, KubeletStub, StubDevice, temporary_plugin_dir  # noqa: E402
 
-from deviceplugin.config import SAMPLE_CONFIG  # noqa: E402
+from deviceplugin.policy.config import SAMPLE_CONFIG  # noqa: E402
 from deviceplugin.sampleboard import SampleBoard, build_sample_board  # noqa: E402
 
 VF_RESOURCE = "intel.com/intel_vf"

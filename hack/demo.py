@@ -62,7 +62,7 @@ def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 def device_plugin_part(tmp: Path) -> None:
     from kubelet_stub import KubeletStub
 
-    from deviceplugin.config import SAMPLE_CONFIG
+    from deviceplugin.policy.config import SAMPLE_CONFIG
     from deviceplugin.sampleboard import build_sample_board
 
     step("Build the sample LX2160A board: a kernel-owned dprc.1, vfio-bound dprc.2/dprc.3, an unbound dprc.4,")

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
+from deviceplugin.kubelet.dpapi.v1beta1 import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
 

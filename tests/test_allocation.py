@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deviceplugin.allocation import allocate, preferred_allocation
-from deviceplugin.config import SAMPLE_CONFIG, parse_config
-from deviceplugin.discovery import discover
-from deviceplugin.pools import build_pools
+from deviceplugin.discovery.inventory import discover
+from deviceplugin.policy.allocation import allocate, preferred_allocation
+from deviceplugin.policy.config import SAMPLE_CONFIG, parse_config
+from deviceplugin.policy.pools import build_pools
 from deviceplugin.records import AllocationError, ContainerAllocation, DeviceNode, ResourcePool
 from deviceplugin.sampleboard import PciFunction, SampleBoard, build_sample_board, default_mc_objects
 

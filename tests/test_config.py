@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deviceplugin.config import (
+from deviceplugin.policy.config import (
     SAMPLE_CONFIG,
     ConfigError,
     ConfigProblem,
@@ -19,8 +19,8 @@ from deviceplugin.config import (
     load_config,
     parse_config,
 )
+from deviceplugin.policy.selectors import FslMcSelectors, PciSelectors
 from deviceplugin.records import DeviceType
-from deviceplugin.selectors import FslMcSelectors, PciSelectors
 
 GOOD = {"resourceName": "good", "deviceType": "pci", "selectors": {"vendors": ["8086"]}}
 

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from deviceplugin.configwatch import ConfigWatch
+from deviceplugin.policy.configwatch import ConfigWatch
 
 FIRST = {"resourceList": [{"resourceName": "intel_vf", "deviceType": "pci"}]}
 SECOND = {"resourceList": [{"resourceName": "dpaa2_dprc", "deviceType": "fslmc"}]}

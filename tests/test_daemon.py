@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kubelet_stub import KubeletStub, Options, device_health
 
-from deviceplugin.config import SAMPLE_CONFIG
+from deviceplugin.policy.config import SAMPLE_CONFIG
 from deviceplugin.sampleboard import SampleBoard
 
 DPRC = "nxp.com/dpaa2_dprc"

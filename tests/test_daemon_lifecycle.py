@@ -30,13 +30,13 @@ from kubelet_stub import KubeletStub, device_health
 from prometheus_client.parser import text_string_to_metric_families
 from test_configwatch import ConfigMapVolume
 
-from deviceplugin.config import SAMPLE_CONFIG
 from deviceplugin.daemon import Daemon
-from deviceplugin.metrics import PluginMetrics
-from deviceplugin.nodeinfo import NodeReporter
+from deviceplugin.kubelet.dpapi.v1beta1 import api_pb2, api_pb2_grpc
+from deviceplugin.observability.metrics import PluginMetrics
+from deviceplugin.observability.nodeinfo import NodeReporter
+from deviceplugin.policy.config import SAMPLE_CONFIG
 from deviceplugin.sampleboard import SampleBoard
 from deviceplugin.settings import DaemonSettings
-from deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 
 DPRC = "nxp.com/dpaa2_dprc"
 VF = "intel.com/intel_vf"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from deviceplugin.config import SAMPLE_CONFIG, parse_config
-from deviceplugin.discovery import discover
-from deviceplugin.pools import build_pools
+from deviceplugin.discovery.inventory import discover
+from deviceplugin.policy.config import SAMPLE_CONFIG, parse_config
+from deviceplugin.policy.pools import build_pools
 from deviceplugin.records import Inventory
 from deviceplugin.sampleboard import FSL_MC_PLATFORM, SampleBoard, build_sample_board
 

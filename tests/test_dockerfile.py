@@ -310,7 +310,8 @@ def test_the_wheel_builds_from_exactly_the_build_context_the_dockerfile_copies(t
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
         metadata = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
-    for module in ("cni/main.py", "cni/install.py", "deviceplugin/cli.py", "deviceplugin/v1beta1/api_pb2.py"):
+    stubs = "deviceplugin/kubelet/dpapi/v1beta1/api_pb2.py"
+    for module in ("cni/main.py", "cni/install.py", "deviceplugin/cli.py", stubs):
         assert module in names
     if (REPO / "cni" / "bundle.py").exists():
         assert "cni/bundle.py" in names

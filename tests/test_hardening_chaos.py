@@ -27,7 +27,7 @@ import pytest
 from kubelet_stub import KubeletStub, device_health
 from test_hardening_permissions import SOCKETS, assert_private_sockets
 
-from deviceplugin.config import SAMPLE_CONFIG
+from deviceplugin.policy.config import SAMPLE_CONFIG
 from deviceplugin.sampleboard import SampleBoard
 
 DPRC = "nxp.com/dpaa2_dprc"

@@ -28,13 +28,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deviceplugin.config import SAMPLE_CONFIG, parse_config
-from deviceplugin.discovery import discover
-from deviceplugin.pools import build_pools
+from deviceplugin.discovery.inventory import discover
+from deviceplugin.kubelet.dpapi.server import PluginServer
+from deviceplugin.kubelet.dpapi.v1beta1 import api_pb2, api_pb2_grpc
+from deviceplugin.policy.config import SAMPLE_CONFIG, parse_config
+from deviceplugin.policy.pools import build_pools
 from deviceplugin.records import ResourcePool
 from deviceplugin.sampleboard import SampleBoard, build_sample_board
-from deviceplugin.server import PluginServer
-from deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 
 DPRC = "nxp.com/dpaa2_dprc"
 VF = "intel.com/intel_vf"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from kubelet_stub import KubeletStub, device_health
 
-from deviceplugin.config import SAMPLE_CONFIG
+from deviceplugin.policy.config import SAMPLE_CONFIG
 from deviceplugin.sampleboard import SampleBoard
 
 DPRC = "nxp.com/dpaa2_dprc"

@@ -27,10 +27,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deviceplugin.allocation import allocate, preferred_allocation
-from deviceplugin.config import SAMPLE_CONFIG, parse_config
-from deviceplugin.discovery import discover
-from deviceplugin.pools import build_pools
+from deviceplugin.discovery.inventory import discover
+from deviceplugin.policy.allocation import allocate, preferred_allocation
+from deviceplugin.policy.config import SAMPLE_CONFIG, parse_config
+from deviceplugin.policy.pools import build_pools
 from deviceplugin.records import AllocationError, ContainerAllocation, Inventory, PoolDevice, ResourcePool
 from deviceplugin.sampleboard import SampleBoard, build_sample_board
 

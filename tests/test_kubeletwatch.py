@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deviceplugin.kubeletwatch import KubeletWatch, file_identity
+from deviceplugin.kubelet.dpapi.kubeletwatch import KubeletWatch, file_identity
 
 
 class Recorder:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from conftest import REPO
 
-from deviceplugin.config import SAMPLE_CONFIG
 from deviceplugin.listing import run_list
+from deviceplugin.policy.config import SAMPLE_CONFIG
 from deviceplugin.sampleboard import SampleBoard
 
 

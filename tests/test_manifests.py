@@ -347,7 +347,7 @@ def test_device_plugin_is_as_tight_as_it_can_be(overlay: dict[tuple[str, str, st
 
 
 def test_rbac_grants_only_node_labels_and_events(overlay: dict[tuple[str, str, str], dict[str, Any]]) -> None:
-    from deviceplugin.nodeinfo import EVENT_NAMESPACE
+    from deviceplugin.observability.nodeinfo import EVENT_NAMESPACE
 
     assert overlay["ClusterRole", "", "vnfio-device-plugin"]["rules"] == [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}
@@ -399,7 +399,7 @@ def test_shipped_pools_serve_devices_on_the_sample_board(directory: Path, tmp_pa
 
 
 def test_examples_ask_for_resources_the_config_offers(overlay: dict[tuple[str, str, str], dict[str, Any]]) -> None:
-    from deviceplugin.config import env_suffix
+    from deviceplugin.policy.config import env_suffix
 
     config = json.loads(overlay["ConfigMap", "vnfio-system", "vnfio-device-plugin-config"]["data"]["config.json"])
     offered = {f"{p.get('resourcePrefix', 'vnfio.io')}/{p['resourceName']}" for p in config["resourceList"]}

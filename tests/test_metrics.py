@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deviceplugin.metrics import MetricsEndpoint, PluginMetrics, serve_metrics
+from deviceplugin.observability.metrics import MetricsEndpoint, PluginMetrics, serve_metrics
 from deviceplugin.records import DeviceType, PoolDevice, ResourcePool
 
 VF = "intel.com/intel_vf"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from apiserver_stub import ApiServerStub, Request
 
-from deviceplugin.nodeinfo import NodeReporter, health_changes, offered_labels
+from deviceplugin.observability.nodeinfo import NodeReporter, health_changes, offered_labels
 from deviceplugin.records import DeviceType, PoolDevice, ResourcePool
 
 NODE = "node-a"

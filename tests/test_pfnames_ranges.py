@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from deviceplugin.config import PoolConfig, parse_config
-from deviceplugin.discovery import discover
+from deviceplugin.discovery.inventory import discover
 from deviceplugin.listing import run_list
-from deviceplugin.pools import build_pools
+from deviceplugin.policy.config import PoolConfig, parse_config
+from deviceplugin.policy.pools import build_pools
+from deviceplugin.policy.selectors import VF_INDEX_MAX, PciSelectors, PfNameEntry, parse_pf_name
 from deviceplugin.records import PciDevice, ResourcePool
 from deviceplugin.sampleboard import SampleBoard
-from deviceplugin.selectors import VF_INDEX_MAX, PciSelectors, PfNameEntry, parse_pf_name
 
 PF = "0001:01:00.0"
 POOL = "example.com/vf"

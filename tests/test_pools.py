@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deviceplugin.config import SAMPLE_CONFIG, PoolConfig, parse_config
-from deviceplugin.discovery import discover
-from deviceplugin.pools import PoolBuild, build_pools
+from deviceplugin.discovery.inventory import discover
+from deviceplugin.policy.config import SAMPLE_CONFIG, PoolConfig, parse_config
+from deviceplugin.policy.pools import PoolBuild, build_pools
 from deviceplugin.records import DeviceNode, ResourcePool
 from deviceplugin.sampleboard import PciFunction, SampleBoard, build_sample_board, default_pci_functions
 

@@ -14,9 +14,9 @@ def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHON=sys.executable)
     subprocess.run(["bash", str(REPO / "hack/gen-protos.sh"), str(tmp_path)], check=True, env=env)
     for name in ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py"):
-        fresh = (tmp_path / "deviceplugin/v1beta1" / name).read_text()
-        committed = (REPO / "deviceplugin/v1beta1" / name).read_text()
-        assert fresh == committed, f"deviceplugin/v1beta1/{name} is stale: run make protos"
+        fresh = (tmp_path / "deviceplugin/kubelet/dpapi/v1beta1" / name).read_text()
+        committed = (REPO / "deviceplugin/kubelet/dpapi/v1beta1" / name).read_text()
+        assert fresh == committed, f"deviceplugin/kubelet/dpapi/v1beta1/{name} is stale: run make protos"
 
 
 def _fields(message: object) -> dict[str, tuple[int, int, bool]]:
@@ -27,7 +27,7 @@ def _fields(message: object) -> dict[str, tuple[int, int, bool]]:
 def test_wire_contract() -> None:
     from google.protobuf.descriptor import FieldDescriptor as F
 
-    from deviceplugin.v1beta1 import api_pb2 as api
+    from deviceplugin.kubelet.dpapi.v1beta1 import api_pb2 as api
 
     rep, opt = True, False
     assert api.DESCRIPTOR.package == "v1beta1"

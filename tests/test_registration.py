@@ -11,9 +11,9 @@ import pytest
 from kubelet_stub import KubeletStub, Options, device_health, resource_name_problem
 from test_server import dprc_pool, serving, vf_pool
 
-from deviceplugin.registration import API_VERSION, RegistrationError, register
-from deviceplugin.server import PluginServer, plugin_options
-from deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
+from deviceplugin.kubelet.dpapi.registration import API_VERSION, RegistrationError, register
+from deviceplugin.kubelet.dpapi.server import PluginServer, plugin_options
+from deviceplugin.kubelet.dpapi.v1beta1 import api_pb2, api_pb2_grpc
 
 
 async def raw_register(plugin_dir: Path, request: api_pb2.RegisterRequest) -> None:

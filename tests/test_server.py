@@ -19,10 +19,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-import deviceplugin.server as server_module
+import deviceplugin.kubelet.dpapi.server as server_module
+from deviceplugin.kubelet.dpapi.server import PluginServer, RpcEvent, plugin_options
+from deviceplugin.kubelet.dpapi.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.records import DeviceNode, DeviceType, PoolDevice, ResourcePool
-from deviceplugin.server import PluginServer, RpcEvent, plugin_options
-from deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 
 DEV = "/board/dev"
 PF = "0001:01:00.0"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deviceplugin.uevents import Uevent, UeventListener, parse_uevent
+from deviceplugin.discovery.uevents import Uevent, UeventListener, parse_uevent
 
 LO_UEVENT = Path("/sys/class/net/lo/uevent")
 

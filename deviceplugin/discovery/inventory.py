@@ -11,11 +11,11 @@ import logging
 from pathlib import Path
 from typing import TypeVar
 
-from deviceplugin.fslmc import discover_containers
-from deviceplugin.iommu import discover_groups, noiommu_mode
-from deviceplugin.pci import discover_pci
+from deviceplugin.discovery.fslmc import discover_containers
+from deviceplugin.discovery.iommu import discover_groups, noiommu_mode
+from deviceplugin.discovery.pci import discover_pci
+from deviceplugin.discovery.sysfs import SysfsError, device_node
 from deviceplugin.records import FslMcContainer, Inventory, IommuGroup, PciDevice
-from deviceplugin.sysfs import SysfsError, device_node
 
 log = logging.getLogger(__name__)
 

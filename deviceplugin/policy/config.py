@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
+from deviceplugin.policy.selectors import VF_INDEX_MAX, FslMcSelectors, PciSelectors, PfNameEntry, parse_pf_name
 from deviceplugin.records import DeviceType
-from deviceplugin.selectors import VF_INDEX_MAX, FslMcSelectors, PciSelectors, PfNameEntry, parse_pf_name
 
 DEFAULT_PREFIX = "vnfio.io"
 IOMMU_GROUP_MODES = ("whole", "exclude")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from deviceplugin.providers import env_provider
+from deviceplugin.kinds.providers import env_provider
 from deviceplugin.records import (
     AllocationError,
     ContainerAllocation,

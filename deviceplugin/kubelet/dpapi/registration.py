@@ -12,9 +12,9 @@ from pathlib import Path
 
 import grpc
 
-from deviceplugin.kubeletwatch import kubelet_socket
+from deviceplugin.kubelet.dpapi.kubeletwatch import kubelet_socket
+from deviceplugin.kubelet.dpapi.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.records import ResourcePool
-from deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
 

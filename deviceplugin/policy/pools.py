@@ -13,9 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deviceplugin.config import ConfigProblem, PoolConfig
-from deviceplugin.fslmc import VFIO_FSL_MC
-from deviceplugin.iommu import group_node_path, is_vfio_driver
+from deviceplugin.discovery.fslmc import VFIO_FSL_MC
+from deviceplugin.discovery.iommu import group_node_path, is_vfio_driver
+from deviceplugin.policy.config import ConfigProblem, PoolConfig
+from deviceplugin.policy.selectors import FslMcSelectors, PciSelectors, binding
 from deviceplugin.records import (
     DeviceNode,
     DeviceType,
@@ -25,7 +26,6 @@ from deviceplugin.records import (
     PoolDevice,
     ResourcePool,
 )
-from deviceplugin.selectors import FslMcSelectors, PciSelectors, binding
 
 VFIO_CONTAINER_PATH = "/dev/vfio/vfio"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from deviceplugin.config import env_suffix
+from deviceplugin.policy.config import env_suffix
 from deviceplugin.records import DeviceType, PoolDevice
 
 

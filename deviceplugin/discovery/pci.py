@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from deviceplugin.records import PciDevice
-from deviceplugin.sysfs import (
+from deviceplugin.discovery.sysfs import (
     SysfsError,
     driver_name,
     entries,
@@ -15,6 +14,7 @@ from deviceplugin.sysfs import (
     read_value,
     resolve_inside,
 )
+from deviceplugin.records import PciDevice
 
 _HEX = re.compile(r"^0x([0-9a-fA-F]+)$")
 _VIRTFN = re.compile(r"^virtfn([0-9]+)$")

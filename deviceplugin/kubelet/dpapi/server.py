@@ -19,9 +19,9 @@ from typing import TypeVar
 
 import grpc
 
-from deviceplugin.allocation import allocate, preferred_allocation
+from deviceplugin.kubelet.dpapi.v1beta1 import api_pb2, api_pb2_grpc
+from deviceplugin.policy.allocation import allocate, preferred_allocation
 from deviceplugin.records import AllocationError, ContainerAllocation, DeviceNode, PoolDevice, ResourcePool
-from deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
 

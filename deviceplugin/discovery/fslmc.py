@@ -6,8 +6,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from deviceplugin.discovery.sysfs import SysfsError, driver_name, entries, group_number, resolve_inside, subdirectories
 from deviceplugin.records import FslMcContainer
-from deviceplugin.sysfs import SysfsError, driver_name, entries, group_number, resolve_inside, subdirectories
 
 VFIO_FSL_MC = "vfio-fsl-mc"
 _DPRC = re.compile(r"^dprc\.[0-9]+$")

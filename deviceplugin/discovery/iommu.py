@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from deviceplugin.discovery.sysfs import SysfsError, device_node, driver_name, entries, read_value, resolve_inside
 from deviceplugin.records import IommuGroup
-from deviceplugin.sysfs import SysfsError, device_node, driver_name, entries, read_value, resolve_inside
 
 _GROUP = re.compile(r"^[0-9]+$")
 NOIOMMU_GROUP_NAME = "vfio-noiommu"
