@@ -87,7 +87,7 @@ def _pool(pool: ResourcePool, inventory: Inventory) -> dict[str, Any]:
     objects = {c.name: dict(c.object_counts) for c in inventory.containers}
     return {
         "resourceName": pool.resource_name,
-        "deviceType": pool.device_type.value,
+        "deviceType": pool.device_type,
         "socket": pool.socket_name,
         "devices": [_device(d, objects.get(d.container or "")) for d in pool.devices],
         "excluded": [{"id": device, "reason": reason} for device, reason in pool.excluded],

@@ -7,9 +7,10 @@ frozen so a snapshot handed to a gRPC stream can never change under it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
+from typing import Any
 
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
@@ -68,27 +69,46 @@ class PciDevice:
     vf_index: int | None = None  # for a VF: N of the PF's `virtfnN` link that leads to it; None when unknown
 
     @property
+    def name(self) -> str:
+        """The kernel's name for the function (its address), as IOMMU groups list it."""
+        return self.address
+
+    @property
     def is_bridge(self) -> bool:
         return self.pci_class.startswith("0604")
 
 
 @dataclass(frozen=True)
 class Inventory:
-    """Everything discovery found under one sysfs root and dev root, plus what it skipped and why."""
+    """Everything discovery found under one sysfs root and dev root, plus what it skipped and why.
 
-    containers: tuple[FslMcContainer, ...] = ()
-    pci: tuple[PciDevice, ...] = ()
+    `devices` holds each kind's records under the kind's name (`fslmc`: `FslMcContainer`s, `pci`: `PciDevice`s):
+    a new kind brings its own reader and record type without a new field here."""
+
+    devices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict, hash=False)
     groups: Mapping[int, IommuGroup] = field(default_factory=dict, compare=False, hash=False)
     noiommu: bool = False
     vfio_container_node: str | None = None  # host path of /dev/vfio/vfio, None when absent
     problems: tuple[str, ...] = ()
     dev_root: str | None = None  # the dev root discovery read, so policy can name a node that went missing
 
+    def of(self, kind: str) -> tuple[Any, ...]:
+        """The records discovery found for one kind (empty when the kind found none)."""
+        return tuple(self.devices.get(kind, ()))
+
+    @property
+    def containers(self) -> tuple[FslMcContainer, ...]:
+        return self.of("fslmc")
+
+    @property
+    def pci(self) -> tuple[PciDevice, ...]:
+        return self.of("pci")
+
 
 # ---------------------------------------------------------------------------------------------- policy
-class DeviceType(StrEnum):
-    FSLMC = "fslmc"
-    PCI = "pci"
+def env_suffix(resource_name: str) -> str:
+    """`intel.com/intel_vf` → `INTEL_COM_INTEL_VF`, as sriov-network-device-plugin and KubeVirt name env vars."""
+    return re.sub(r"[./-]", "_", resource_name.upper())
 
 
 @dataclass(frozen=True)
@@ -105,10 +125,11 @@ class PoolDevice:
     """One allocatable unit of a pool: a DPRC, a single-function group, or a whole multi-function group."""
 
     id: str  # dprc.N | PCI address | iommu-group-N
-    kind: DeviceType
+    kind: str  # the device kind's name (deviceType): fslmc, pci
     healthy: bool
     iommu_groups: tuple[int, ...]
     numa_node: int | None = None
+    members: tuple[str, ...] = ()  # the kernel device names the unit carries: the DPRC, PCI addresses, ...
     pci_addresses: tuple[str, ...] = ()  # PCI: every function the unit carries
     container: str | None = None  # fslmc: dprc.N
     pfs: tuple[str, ...] = ()  # PCI: PF addresses of the functions (for preferred allocation)
@@ -126,7 +147,7 @@ class ResourcePool:
 
     name: str  # resourceName, e.g. dpaa2_dprc
     prefix: str  # resourcePrefix, e.g. nxp.com
-    device_type: DeviceType
+    device_type: str  # the device kind's name (deviceType)
     devices: tuple[PoolDevice, ...] = ()
     excluded: tuple[tuple[str, str], ...] = ()  # (device, reason) left out by this pool
 
@@ -155,8 +176,21 @@ class ContainerAllocation:
 
 
 class AllocationError(Exception):
-    """An allocation kubelet asked for that we refuse; `status` names the gRPC status code to send."""
+    """An allocation kubelet asked for that policy refuses. Each outcome is a subclass; each transport maps the
+    class to its own error form (the Device Plugin API: a gRPC status code)."""
 
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status  # "NOT_FOUND" | "INVALID_ARGUMENT" | "FAILED_PRECONDITION"
+
+class InvalidRequest(AllocationError):
+    """The request itself is malformed: no IDs, repeated IDs, an impossible size or must-include set."""
+
+
+class UnknownDevices(AllocationError):
+    """The request names device IDs the pool does not advertise."""
+
+
+class UnhealthyDevices(AllocationError):
+    """The request names devices that are advertised but Unhealthy right now."""
+
+
+class UnsupportedRequest(AllocationError):
+    """The devices exist and are healthy, but their kind's rules refuse the combination (e.g. two DPRCs)."""

@@ -15,7 +15,16 @@ from deviceplugin.discovery.inventory import discover
 from deviceplugin.policy.allocation import allocate, preferred_allocation
 from deviceplugin.policy.config import SAMPLE_CONFIG, parse_config
 from deviceplugin.policy.pools import build_pools
-from deviceplugin.records import AllocationError, ContainerAllocation, DeviceNode, ResourcePool
+from deviceplugin.records import (
+    AllocationError,
+    ContainerAllocation,
+    DeviceNode,
+    InvalidRequest,
+    ResourcePool,
+    UnhealthyDevices,
+    UnknownDevices,
+    UnsupportedRequest,
+)
 from deviceplugin.sampleboard import PciFunction, SampleBoard, build_sample_board, default_mc_objects
 
 DPAA2 = "nxp.com/dpaa2_dprc"
@@ -97,21 +106,23 @@ def test_two_resources_never_clash_except_dprc(board: SampleBoard) -> None:
 
 
 @pytest.mark.parametrize(
-    ("resource", "ids", "status", "fragment"),
+    ("resource", "ids", "outcome", "fragment"),
     [
-        (VF, ["0001:09:00.1"], "NOT_FOUND", "unknown device IDs: 0001:09:00.1"),
-        (DPAA2, ["dprc.1"], "NOT_FOUND", "unknown device IDs: dprc.1"),
-        (DPAA2, ["dprc.4"], "NOT_FOUND", "dprc.4"),
-        (VF, ["0001:01:00.0"], "NOT_FOUND", "0001:01:00.0"),
-        (VF, [], "INVALID_ARGUMENT", "no device IDs"),
-        (VF, [A1, A1], "INVALID_ARGUMENT", "repeated: 0001:01:00.1"),
-        (DPAA2, ["dprc.3", "dprc.2"], "INVALID_ARGUMENT", "one DPRC per process"),
+        (VF, ["0001:09:00.1"], UnknownDevices, "unknown device IDs: 0001:09:00.1"),
+        (DPAA2, ["dprc.1"], UnknownDevices, "unknown device IDs: dprc.1"),
+        (DPAA2, ["dprc.4"], UnknownDevices, "dprc.4"),
+        (VF, ["0001:01:00.0"], UnknownDevices, "0001:01:00.0"),
+        (VF, [], InvalidRequest, "no device IDs"),
+        (VF, [A1, A1], InvalidRequest, "repeated: 0001:01:00.1"),
+        (DPAA2, ["dprc.3", "dprc.2"], UnsupportedRequest, "one DPRC per process"),
     ],
 )
-def test_allocate_refuses(board: SampleBoard, resource: str, ids: list[str], status: str, fragment: str) -> None:
+def test_allocate_refuses(
+    board: SampleBoard, resource: str, ids: list[str], outcome: type[AllocationError], fragment: str
+) -> None:
     with pytest.raises(AllocationError) as info:
         allocate(_pools(board)[resource], ids)
-    assert info.value.status == status
+    assert type(info.value) is outcome
     assert fragment in str(info.value)
 
 
@@ -119,7 +130,7 @@ def test_allocate_refuses_an_unhealthy_device(board: SampleBoard) -> None:
     board.remove_group_node(20)
     with pytest.raises(AllocationError) as info:
         allocate(_pools(board)[VF], [A2, A1])
-    assert info.value.status == "INVALID_ARGUMENT"
+    assert type(info.value) is UnhealthyDevices
     assert "0001:01:00.1" in str(info.value) and "vfio/20 is missing" in str(info.value)
 
 
@@ -198,7 +209,7 @@ def test_preferred_allocation_refuses_impossible_requests(
 ) -> None:
     with pytest.raises(AllocationError) as info:
         preferred_allocation(_pools(board)[VF], available, must, size)
-    assert info.value.status == "INVALID_ARGUMENT"
+    assert type(info.value) is InvalidRequest
     assert fragment in str(info.value)
 
 

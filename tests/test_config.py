@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from deviceplugin.kinds.fslmc import FslMcSelectors
+from deviceplugin.kinds.pci import PciSelectors
 from deviceplugin.policy.config import (
     SAMPLE_CONFIG,
     ConfigError,
@@ -19,8 +21,6 @@ from deviceplugin.policy.config import (
     load_config,
     parse_config,
 )
-from deviceplugin.policy.selectors import FslMcSelectors, PciSelectors
-from deviceplugin.records import DeviceType
 
 GOOD = {"resourceName": "good", "deviceType": "pci", "selectors": {"vendors": ["8086"]}}
 
@@ -32,13 +32,13 @@ def test_sample_config_is_the_issue_example() -> None:
         PoolConfig(
             "dpaa2_dprc",
             "nxp.com",
-            DeviceType.FSLMC,
+            "fslmc",
             FslMcSelectors(drivers=("vfio-fsl-mc",), min_objects={"dpbp": 1, "dpio": 1, "dpmcp": 1, "dpni": 1}),
         ),
         PoolConfig(
             "intel_vf",
             "intel.com",
-            DeviceType.PCI,
+            "pci",
             PciSelectors(vendors=("8086",), devices=("154c",), drivers=("vfio-pci",)),
             "whole",
         ),

@@ -10,13 +10,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deviceplugin.observability.metrics import MetricsEndpoint, PluginMetrics, serve_metrics
-from deviceplugin.records import DeviceType, PoolDevice, ResourcePool
+from deviceplugin.records import PoolDevice, ResourcePool
 
 VF = "intel.com/intel_vf"
 DPRC = "nxp.com/dpaa2_dprc"
 
 
-def _pool(name: str, prefix: str, kind: DeviceType, health: list[bool]) -> ResourcePool:
+def _pool(name: str, prefix: str, kind: str, health: list[bool]) -> ResourcePool:
     devices = tuple(PoolDevice(f"dev-{i}", kind, ok, (20 + i,)) for i, ok in enumerate(health))
     return ResourcePool(name, prefix, kind, devices)
 
@@ -52,8 +52,8 @@ def _samples(ep: MetricsEndpoint) -> dict[tuple[str, tuple[tuple[str, str], ...]
 
 
 def test_scrape_shows_devices_by_health(metrics: PluginMetrics, endpoint: MetricsEndpoint) -> None:
-    metrics.set_pool(_pool("intel_vf", "intel.com", DeviceType.PCI, [True, True, False]))
-    metrics.set_pool(_pool("dpaa2_dprc", "nxp.com", DeviceType.FSLMC, [True]))
+    metrics.set_pool(_pool("intel_vf", "intel.com", "pci", [True, True, False]))
+    metrics.set_pool(_pool("dpaa2_dprc", "nxp.com", "fslmc", [True]))
     samples = _samples(endpoint)
     assert samples[("vnfio_devices", (("health", "Healthy"), ("resource", VF)))] == 2
     assert samples[("vnfio_devices", (("health", "Unhealthy"), ("resource", VF)))] == 1
@@ -61,14 +61,14 @@ def test_scrape_shows_devices_by_health(metrics: PluginMetrics, endpoint: Metric
     assert samples[("vnfio_devices", (("health", "Unhealthy"), ("resource", DPRC)))] == 0
 
     # The device turns healthy again: the same gauges move, nothing is added.
-    metrics.set_pool(_pool("intel_vf", "intel.com", DeviceType.PCI, [True, True, True]))
+    metrics.set_pool(_pool("intel_vf", "intel.com", "pci", [True, True, True]))
     samples = _samples(endpoint)
     assert samples[("vnfio_devices", (("health", "Healthy"), ("resource", VF)))] == 3
     assert samples[("vnfio_devices", (("health", "Unhealthy"), ("resource", VF)))] == 0
 
 
 def test_removed_pool_leaves_the_scrape(metrics: PluginMetrics, endpoint: MetricsEndpoint) -> None:
-    metrics.set_pool(_pool("intel_vf", "intel.com", DeviceType.PCI, [True]))
+    metrics.set_pool(_pool("intel_vf", "intel.com", "pci", [True]))
     metrics.forget_pool(VF)
     metrics.forget_pool("never/seen")
     samples = _samples(endpoint)
@@ -120,8 +120,8 @@ def test_registrations_rescans_and_config(metrics: PluginMetrics, endpoint: Metr
 
 def test_readiness_follows_registration(metrics: PluginMetrics, endpoint: MetricsEndpoint) -> None:
     assert _get(endpoint, "/readyz") == (503, "no pools\n")
-    metrics.set_pool(_pool("intel_vf", "intel.com", DeviceType.PCI, [True]))
-    metrics.set_pool(_pool("dpaa2_dprc", "nxp.com", DeviceType.FSLMC, [True]))
+    metrics.set_pool(_pool("intel_vf", "intel.com", "pci", [True]))
+    metrics.set_pool(_pool("dpaa2_dprc", "nxp.com", "fslmc", [True]))
     metrics.registration_succeeded(VF)
     assert _get(endpoint, "/readyz") == (503, f"not registered: {DPRC}\n")
     metrics.registration_succeeded(DPRC)

@@ -10,7 +10,7 @@ import pytest
 from apiserver_stub import ApiServerStub, Request
 
 from deviceplugin.observability.nodeinfo import NodeReporter, health_changes, offered_labels
-from deviceplugin.records import DeviceType, PoolDevice, ResourcePool
+from deviceplugin.records import PoolDevice, ResourcePool
 
 NODE = "node-a"
 TOKEN = "test-token-0123"
@@ -20,15 +20,15 @@ EVENTS_PATH = "/api/v1/namespaces/default/events"
 
 def vf_pool(*health: bool, why: str = "driver is i40e, not vfio-pci") -> ResourcePool:
     devices = tuple(
-        PoolDevice(f"0001:01:00.{i + 1}", DeviceType.PCI, ok, (20 + i,), why_unhealthy=None if ok else why)
+        PoolDevice(f"0001:01:00.{i + 1}", "pci", ok, (20 + i,), why_unhealthy=None if ok else why)
         for i, ok in enumerate(health)
     )
-    return ResourcePool("intel_vf", "intel.com", DeviceType.PCI, devices)
+    return ResourcePool("intel_vf", "intel.com", "pci", devices)
 
 
 def dprc_pool(count: int) -> ResourcePool:
-    devices = tuple(PoolDevice(f"dprc.{i + 2}", DeviceType.FSLMC, True, (10 + i,)) for i in range(count))
-    return ResourcePool("dpaa2_dprc", "nxp.com", DeviceType.FSLMC, devices)
+    devices = tuple(PoolDevice(f"dprc.{i + 2}", "fslmc", True, (10 + i,)) for i in range(count))
+    return ResourcePool("dpaa2_dprc", "nxp.com", "fslmc", devices)
 
 
 # ------------------------------------------------------------------------------------------ policy

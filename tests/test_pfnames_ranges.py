@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from deviceplugin.discovery.inventory import discover
+from deviceplugin.kinds.pci import VF_INDEX_MAX, PciSelectors, PfNameEntry, parse_pf_name
 from deviceplugin.listing import run_list
 from deviceplugin.policy.config import PoolConfig, parse_config
 from deviceplugin.policy.pools import build_pools
-from deviceplugin.policy.selectors import VF_INDEX_MAX, PciSelectors, PfNameEntry, parse_pf_name
 from deviceplugin.records import PciDevice, ResourcePool
 from deviceplugin.sampleboard import SampleBoard
 

@@ -22,7 +22,7 @@ import pytest
 import deviceplugin.kubelet.dpapi.server as server_module
 from deviceplugin.kubelet.dpapi.server import PluginServer, RpcEvent, plugin_options
 from deviceplugin.kubelet.dpapi.v1beta1 import api_pb2, api_pb2_grpc
-from deviceplugin.records import DeviceNode, DeviceType, PoolDevice, ResourcePool
+from deviceplugin.records import DeviceNode, PoolDevice, ResourcePool
 
 DEV = "/board/dev"
 PF = "0001:01:00.0"
@@ -40,7 +40,7 @@ def dprc_pool(*, dprc3_healthy: bool = True) -> ResourcePool:
     def dprc(n: int, group: int, healthy: bool) -> PoolDevice:
         return PoolDevice(
             id=f"dprc.{n}",
-            kind=DeviceType.FSLMC,
+            kind="fslmc",
             healthy=healthy,
             iommu_groups=(group,),
             container=f"dprc.{n}",
@@ -49,7 +49,7 @@ def dprc_pool(*, dprc3_healthy: bool = True) -> ResourcePool:
         )
 
     return ResourcePool(
-        "dpaa2_dprc", "nxp.com", DeviceType.FSLMC, (dprc(2, 10, True), dprc(3, 11, dprc3_healthy))
+        "dpaa2_dprc", "nxp.com", "fslmc", (dprc(2, 10, True), dprc(3, 11, dprc3_healthy))
     )
 
 
@@ -57,7 +57,7 @@ def vf_pool() -> ResourcePool:
     def vf(dev_id: str, group: int, numa: int | None, addresses: tuple[str, ...]) -> PoolDevice:
         return PoolDevice(
             id=dev_id,
-            kind=DeviceType.PCI,
+            kind="pci",
             healthy=True,
             iommu_groups=(group,),
             numa_node=numa,
@@ -69,7 +69,7 @@ def vf_pool() -> ResourcePool:
     return ResourcePool(
         "intel_vf",
         "intel.com",
-        DeviceType.PCI,
+        "pci",
         (
             vf("0001:01:00.1", 20, 0, ("0001:01:00.1",)),
             vf("0001:01:00.2", 21, 0, ("0001:01:00.2",)),

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 NETLINK_KOBJECT_UEVENT = 15
 KERNEL_GROUP = 1  # group 2 carries udev's re-broadcasts (libudev framing); we want the kernel's own
-RELEVANT_SUBSYSTEMS = frozenset({"pci", "fsl-mc", "vfio", "iommu"})
+# Group nodes and IOMMU groups change with every VFIO kind; each kind adds its bus (DeviceKind.uevent_subsystems).
+VFIO_SUBSYSTEMS = frozenset({"vfio", "iommu"})
 RELEVANT_ACTIONS = frozenset({"add", "remove", "bind", "unbind", "change", "move"})
 DEFAULT_DEBOUNCE = 0.075  # seconds: a VF bind is unbind+bind+add of the group node; one rescan covers all
 _RECEIVE_BUFFER = 4 * 1024 * 1024  # bursts of SR-IOV hot-plug (hundreds of VFs) must not overflow the socket
@@ -88,6 +89,13 @@ def open_uevent_socket() -> socket.socket:
     return sock
 
 
+def relevant_subsystems() -> frozenset[str]:
+    """The subsystems whose uevents can change what discovery finds: VFIO's and every registered kind's bus."""
+    from deviceplugin.kinds import KINDS  # the registry knows the kinds; this module names none of them
+
+    return VFIO_SUBSYSTEMS.union(*(kind.uevent_subsystems for kind in KINDS.values()))
+
+
 class UeventListener:
     """Listens to kernel uevents and calls `on_change(events)` once per burst of relevant ones.
 
@@ -100,13 +108,13 @@ class UeventListener:
         self,
         on_change: UeventCallback,
         *,
-        subsystems: Collection[str] = RELEVANT_SUBSYSTEMS,
+        subsystems: Collection[str] | None = None,
         actions: Collection[str] = RELEVANT_ACTIONS,
         debounce: float = DEFAULT_DEBOUNCE,
         open_socket: Callable[[], socket.socket] = open_uevent_socket,
     ) -> None:
         self._on_change = on_change
-        self._subsystems = frozenset(subsystems)
+        self._subsystems = frozenset(subsystems if subsystems is not None else relevant_subsystems())
         self._actions = frozenset(actions)
         self._debounce = debounce
         self._open_socket = open_socket

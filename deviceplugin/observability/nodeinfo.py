@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from deviceplugin.records import DeviceType, ResourcePool
+from deviceplugin.kinds import KINDS
+from deviceplugin.records import ResourcePool
 
 log = logging.getLogger(__name__)
 
-LABELS = {DeviceType.FSLMC: "vnfio.io/dpaa2", DeviceType.PCI: "vnfio.io/vfio-pci"}
 EVENT_NAMESPACE = "default"  # where kubelet and the node controller put Node events
 COMPONENT = "vnfio-device-plugin"
 REASON_UNHEALTHY = "DeviceUnhealthy"
@@ -43,7 +43,7 @@ _JSON = "application/json"  # the generated client sends no Content-Type on crea
 def offered_labels(pools: Iterable[ResourcePool]) -> dict[str, str | None]:
     """The node labels for these pools: "true" for a kind with devices, None (remove) for one without."""
     offered = {pool.device_type for pool in pools if pool.devices}
-    return {label: ("true" if kind in offered else None) for kind, label in LABELS.items()}
+    return {kind.label: ("true" if name in offered else None) for name, kind in KINDS.items()}
 
 
 @dataclass(frozen=True)

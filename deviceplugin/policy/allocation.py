@@ -9,40 +9,39 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from deviceplugin.kinds.providers import env_provider
+from deviceplugin.kinds import kind_of
 from deviceplugin.records import (
     AllocationError,
     ContainerAllocation,
     DeviceNode,
-    DeviceType,
+    InvalidRequest,
     PoolDevice,
     ResourcePool,
+    UnhealthyDevices,
+    UnknownDevices,
 )
 
 
 def allocate(pool: ResourcePool, device_ids: Sequence[str]) -> ContainerAllocation:
-    """Device nodes and env vars for one container that was given `device_ids` of `pool`."""
+    """Device nodes and env vars for one container that was given `device_ids` of `pool`; an `AllocationError`
+    subclass names the outcome of a refusal."""
     if not device_ids:
-        raise AllocationError("INVALID_ARGUMENT", f"{pool.resource_name}: no device IDs to allocate")
+        raise InvalidRequest(f"{pool.resource_name}: no device IDs to allocate")
     duplicates = sorted(i for i, n in Counter(device_ids).items() if n > 1)
     if duplicates:
-        raise AllocationError("INVALID_ARGUMENT", f"{pool.resource_name}: device IDs repeated: {', '.join(duplicates)}")
-    devices = _known(pool, device_ids, "NOT_FOUND")
+        raise InvalidRequest(f"{pool.resource_name}: device IDs repeated: {', '.join(duplicates)}")
+    devices = _known(pool, device_ids, UnknownDevices)
     unhealthy = [d for d in devices if not d.healthy]
     if unhealthy:
         detail = "; ".join(f"{d.id} ({d.why_unhealthy or 'unhealthy'})" for d in unhealthy)
-        raise AllocationError("INVALID_ARGUMENT", f"{pool.resource_name}: unhealthy devices: {detail}")
-    if pool.device_type is DeviceType.FSLMC and len(devices) > 1:
-        raise AllocationError(
-            "INVALID_ARGUMENT",
-            f"{pool.resource_name}: {len(devices)} DPAA2 containers asked for one container "
-            f"({', '.join(d.id for d in devices)}); DPDK uses one DPRC per process, ask for 1",
-        )
+        raise UnhealthyDevices(f"{pool.resource_name}: unhealthy devices: {detail}")
+    kind = kind_of(pool.device_type)
+    kind.check_request(pool, devices)
     nodes: dict[str, DeviceNode] = {}
     for node in sorted((n for d in devices for n in d.nodes), key=_node_order):
         nodes.setdefault(node.container_path, node)
     return ContainerAllocation(
-        envs=env_provider(pool.device_type).envs(pool.resource_name, devices),
+        envs=kind.envs(pool.resource_name, devices),
         devices=tuple(nodes.values()),
     )
 
@@ -56,15 +55,15 @@ def preferred_allocation(
     pool_avail = sorted(set(available))
     must = sorted(set(must_include))
     if size < 0:
-        raise AllocationError("INVALID_ARGUMENT", f"{name}: allocation size {size} is negative")
+        raise InvalidRequest(f"{name}: allocation size {size} is negative")
     if size > len(pool_avail):
-        raise AllocationError("INVALID_ARGUMENT", f"{name}: asked for {size} of {len(pool_avail)} available devices")
+        raise InvalidRequest(f"{name}: asked for {size} of {len(pool_avail)} available devices")
     if not set(must) <= set(pool_avail):
         missing = ", ".join(sorted(set(must) - set(pool_avail)))
-        raise AllocationError("INVALID_ARGUMENT", f"{name}: must-include devices not available: {missing}")
+        raise InvalidRequest(f"{name}: must-include devices not available: {missing}")
     if len(must) > size:
-        raise AllocationError("INVALID_ARGUMENT", f"{name}: {len(must)} must-include devices exceed size {size}")
-    candidates = _known(pool, pool_avail, "INVALID_ARGUMENT")
+        raise InvalidRequest(f"{name}: {len(must)} must-include devices exceed size {size}")
+    candidates = _known(pool, pool_avail, InvalidRequest)
     chosen = [d for d in candidates if d.id in must]
     rest = [d for d in candidates if d.id not in must]
     node = _best_node(chosen, rest, size)
@@ -78,11 +77,12 @@ def preferred_allocation(
     return sorted(d.id for d in chosen)
 
 
-def _known(pool: ResourcePool, device_ids: Sequence[str], status: str) -> list[PoolDevice]:
+def _known(pool: ResourcePool, device_ids: Sequence[str], error: type[AllocationError]) -> list[PoolDevice]:
+    """The devices `device_ids` name; `error` when some are unknown (kubelet's choices must be ours)."""
     devices = {d.id: d for d in pool.devices}
     unknown = sorted(i for i in set(device_ids) if i not in devices)
     if unknown:
-        raise AllocationError(status, f"{pool.resource_name}: unknown device IDs: {', '.join(unknown)}")
+        raise error(f"{pool.resource_name}: unknown device IDs: {', '.join(unknown)}")
     return [devices[i] for i in sorted(set(device_ids))]
 
 

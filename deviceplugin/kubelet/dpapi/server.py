@@ -21,7 +21,17 @@ import grpc
 
 from deviceplugin.kubelet.dpapi.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.policy.allocation import allocate, preferred_allocation
-from deviceplugin.records import AllocationError, ContainerAllocation, DeviceNode, PoolDevice, ResourcePool
+from deviceplugin.records import (
+    AllocationError,
+    ContainerAllocation,
+    DeviceNode,
+    InvalidRequest,
+    PoolDevice,
+    ResourcePool,
+    UnhealthyDevices,
+    UnknownDevices,
+    UnsupportedRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +91,19 @@ def _bounded(message: str) -> str:
     return f"{message[: _MAX_MESSAGE - 40]}... ({len(message) - _MAX_MESSAGE + 40} more characters)"
 
 
-def _status_code(name: str) -> grpc.StatusCode:
-    try:
-        return grpc.StatusCode[name]
-    except KeyError:
-        return grpc.StatusCode.INTERNAL
+# Each policy refusal as the gRPC status kubelet gets: an unknown ID is NOT_FOUND, everything else about the
+# request is INVALID_ARGUMENT (kubelet logs the message and fails the pod's admission either way).
+_STATUS: dict[type[AllocationError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownDevices: grpc.StatusCode.NOT_FOUND,
+    UnhealthyDevices: grpc.StatusCode.INVALID_ARGUMENT,
+    UnsupportedRequest: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def status_code(refusal: AllocationError) -> grpc.StatusCode:
+    """The gRPC status for a policy refusal; INTERNAL for a class this transport was not taught."""
+    return next((code for cls, code in _STATUS.items() if isinstance(refusal, cls)), grpc.StatusCode.INTERNAL)
 
 
 # ---------------------------------------------------------------------------------------- observer
@@ -174,7 +192,7 @@ class _DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
         try:
             response = answer()
         except AllocationError as exc:
-            code, message = _status_code(exc.status), _bounded(str(exc))
+            code, message = status_code(exc), _bounded(str(exc))
             log.info("%s refused for %s: %s", method, resource, message, extra={"resource": resource})
         except Exception as exc:
             code, message = grpc.StatusCode.INTERNAL, _bounded(f"{method} failed for {resource}: {exc}")
