@@ -25,10 +25,10 @@ from typing import Any
 
 from deviceplugin.discovery.inventory import discover
 from deviceplugin.discovery.uevents import Uevent, UeventListener, open_uevent_socket
+from deviceplugin.kubelet.dpapi.endpoint import PoolEndpoint
 from deviceplugin.kubelet.dpapi.kubeletwatch import DEFAULT_POLL_INTERVAL as KUBELET_POLL_INTERVAL
-from deviceplugin.kubelet.dpapi.kubeletwatch import FileIdentity, KubeletWatch, file_identity, kubelet_socket
-from deviceplugin.kubelet.dpapi.registration import RegistrationError, register
-from deviceplugin.kubelet.dpapi.server import PluginServer, RpcEvent, RpcObserver
+from deviceplugin.kubelet.dpapi.kubeletwatch import KubeletWatch, file_identity, kubelet_socket
+from deviceplugin.kubelet.dpapi.server import RpcEvent, RpcObserver
 from deviceplugin.observability.metrics import MetricsEndpoint, PluginMetrics, serve_metrics
 from deviceplugin.observability.nodeinfo import NodeReporter
 from deviceplugin.policy.config import SAMPLE_CONFIG, ConfigError, ConfigResult, PoolConfig, load_config, parse_config
@@ -37,13 +37,10 @@ from deviceplugin.policy.configwatch import ConfigWatch
 from deviceplugin.policy.pools import build_pools
 from deviceplugin.records import ResourcePool
 from deviceplugin.settings import DaemonSettings
+from deviceplugin.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
-# Registration retries: quick at first (kubelet may just be starting), never slower than every 2 s, so a
-# kubelet that comes back finds every pool registered again soon after.
-REGISTER_BACKOFF_FIRST = 0.1
-REGISTER_BACKOFF_MAX = 2.0
 HEARTBEAT_INTERVAL = 1.0  # the loop proves it is alive to /healthz this often
 REPORTER_FLUSH = 2.0  # at shutdown, give queued node events this long to reach the API server
 
@@ -80,17 +77,13 @@ class Daemon:
             on_socket_removed=self._on_socket_removed,
             interval=kubelet_poll,
         )
-        self._registered_with: dict[str, FileIdentity | None] = {}  # the kubelet.sock each pool registered at
         self._kubelet_changed = asyncio.Event()  # replaced on every kubelet restart: wakes registration retries
         self.configs: tuple[PoolConfig, ...] = ()
         self.pools: dict[str, ResourcePool] = {}  # the last build, by full resource name
-        self.servers: dict[str, PluginServer] = {}  # pools being served
-        self.registered: set[str] = set()  # pools kubelet accepted since their server last started
-        self._registering: dict[str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._lock = asyncio.Lock()  # one change of pools or servers at a time
+        self.endpoints: dict[str, PoolEndpoint] = {}  # every configured pool's serving state, by resource name
+        self._tasks = TaskGroup()
+        self._lock = asyncio.Lock()  # one change of pools or endpoints at a time
         self._stopping = asyncio.Event()
-        self._start_failures: dict[str, str] = {}
         self._reported: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------------------------- lifecycle
@@ -132,7 +125,8 @@ class Daemon:
             self.spawn(self.node_reporter.run(), "node labels and events")
         if self.settings.uevents:
             listener = UeventListener(self._on_uevents, open_socket=self._uevent_socket)
-            self.spawn(listener.run(), "uevent listener")
+            # Without a uevent socket the listener says so and returns: the periodic rescan still finds changes.
+            self.spawn(listener.run(), "uevent listener", may_end=True)
         self.spawn(self._heartbeat(), "heartbeat")
         await self.apply_config(result, reason="start")
         # Watch kubelet only once our sockets exist, so the first look sees them.
@@ -163,17 +157,10 @@ class Daemon:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Run a background task (a watcher, a timer) until the daemon stops; its failure is logged."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str, *, may_end: bool = False) -> asyncio.Task[None]:
+        """Run a background task (a watcher, a timer) until the daemon stops; a failure, or an end nobody asked
+        for, is logged."""
+        return self._tasks.spawn(coro, name, may_end=may_end)
 
     async def _shutdown(self) -> None:
         log.info("stopping: ending streams and removing sockets")
@@ -183,12 +170,10 @@ class Daemon:
         # Under the lock, so no watcher is cancelled half way through serving a pool anew (which could leave
         # a started server, and its socket, that nobody stops).
         async with self._lock:
-            tasks = [*self._tasks, *self._registering.values()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._registering.clear()
-            await asyncio.gather(*(self._stop_pool(resource) for resource in list(self.servers)))
+            await self._tasks.stop()
+            await asyncio.gather(*(endpoint.cancel_registration() for endpoint in self.endpoints.values()))
+            await asyncio.gather(*(endpoint.stop() for endpoint in self.endpoints.values()))
+            self.endpoints.clear()
         if self.metrics_endpoint is not None:
             await asyncio.to_thread(self.metrics_endpoint.close)
             self.metrics_endpoint = None
@@ -277,24 +262,46 @@ class Daemon:
         self._reported = current
 
     async def _reconcile(self, pools: Mapping[str, ResourcePool]) -> None:
-        for resource in [r for r in self.servers if r not in pools]:
-            log.info("pool %s is no longer configured", resource, extra={"resource": resource})
-            await self._stop_pool(resource)
+        for resource in [r for r in self.endpoints if r not in pools]:
+            endpoint = self.endpoints.pop(resource)
+            if endpoint.serving:
+                log.info("pool %s is no longer configured", resource, extra={"resource": resource})
+            await endpoint.stop()
         for resource in [r for r in self.pools if r not in pools]:
             self.metrics.forget_pool(resource)
         for pool in pools.values():
             self.metrics.set_pool(pool)
         for resource, pool in pools.items():
-            server = self.servers.get(resource)
-            if server is None:
-                await self._start_pool(pool)
-            elif not server.socket_present():
+            endpoint = self.endpoints.get(resource)
+            if endpoint is None:
+                endpoint = self.endpoints[resource] = self._endpoint(pool)
+            if not endpoint.serving:
+                await endpoint.start(pool, clash=self._clash(endpoint))
+            elif not endpoint.socket_present():
                 # Someone (a restarting kubelet) deleted our socket: nobody can reach this server any more.
                 log.info("socket of %s is gone: serving it anew", resource, extra={"resource": resource})
-                await self._restart_pool(resource, pool)
-            elif server.update(pool):
-                log.info("pool %s changed: %s", resource, _summary(pool), extra={"resource": resource})
+                await endpoint.restart(pool)
+            else:
+                endpoint.update(pool)
         self.pools = dict(pools)
+
+    def _endpoint(self, pool: ResourcePool) -> PoolEndpoint:
+        return PoolEndpoint(
+            pool,
+            self.settings.plugin_dir,
+            metrics=self.metrics,
+            kubelet_watch=self.kubelet_watch,
+            kubelet_changed=lambda: self._kubelet_changed,
+            observer=self._observe_rpc,
+        )
+
+    def _clash(self, endpoint: PoolEndpoint) -> str | None:
+        """Another serving pool on the same socket name (the config rules this out; a second line of defence)."""
+        return next(
+            (e.resource_name for e in self.endpoints.values()
+             if e is not endpoint and e.serving and e.socket_name == endpoint.socket_name),
+            None,
+        )
 
     async def _rescan_periodically(self) -> None:
         while True:
@@ -312,12 +319,12 @@ class Daemon:
         async with self._lock:
             if self.stopping:
                 return
-            server = next((s for s in self.servers.values() if s.pool.socket_name == name), None)
-            if server is None or server.socket_present():
+            endpoint = next((e for e in self.endpoints.values() if e.serving and e.socket_name == name), None)
+            if endpoint is None or endpoint.socket_present():
                 return  # stopped meanwhile, or a rescan already served it anew
-            resource = server.resource_name
+            resource = endpoint.resource_name
             log.info("socket %s was deleted: serving %s anew", name, resource, extra={"resource": resource})
-            await self._restart_pool(resource, self.pools.get(resource, server.pool))
+            await endpoint.restart(self.pools.get(resource, endpoint.pool))
 
     async def _on_kubelet_restart(self) -> None:
         """A new kubelet.sock: kubelet restarted and forgot every plugin. Register each pool with it."""
@@ -326,7 +333,6 @@ class Daemon:
         changed.set()  # registrations waiting out a backoff try again now
         await self.reregister_all()
 
-    # ----------------------------------------------------------------------------------------- pools
     async def reregister_all(self) -> None:
         """Register every served pool with the kubelet now listening (it restarted); pools whose socket is gone
         are served anew. Pools already registered with this kubelet, or still trying, are left alone: a
@@ -335,108 +341,14 @@ class Daemon:
             if self.stopping:
                 return
             current = file_identity(kubelet_socket(self.settings.plugin_dir))
-            for resource, server in list(self.servers.items()):
-                if not server.socket_present():
-                    await self._restart_pool(resource, self.pools.get(resource, server.pool))
-                elif resource in self._registering:
+            for resource, endpoint in list(self.endpoints.items()):
+                if not endpoint.serving:
                     continue
-                elif resource not in self.registered or self._registered_with.get(resource) != current:
+                if not endpoint.socket_present():
+                    await endpoint.restart(self.pools.get(resource, endpoint.pool))
+                elif endpoint.needs_registration(current):
                     self.metrics.unregistered(resource)
-                    self._register_in_background(resource)
-
-    async def _start_pool(self, pool: ResourcePool) -> bool:
-        resource = pool.resource_name
-        clash = next((s for s in self.servers.values() if s.pool.socket_name == pool.socket_name), None)
-        server = PluginServer(pool, self.settings.plugin_dir, observer=self._observe_rpc)
-        try:
-            if clash is not None:
-                raise OSError(f"socket {pool.socket_name} is already served for {clash.resource_name}")
-            await server.start()
-        except Exception as exc:
-            message = str(exc)
-            if self._start_failures.get(resource) != message:
-                log.error("cannot serve %s: %s", resource, message, extra={"resource": resource})
-            self._start_failures[resource] = message
-            return False
-        self._start_failures.pop(resource, None)
-        self.servers[resource] = server
-        self.kubelet_watch.watch(pool.socket_name)
-        log.info("pool %s: %s", resource, _summary(pool), extra={"resource": resource})
-        self._register_in_background(resource)
-        return True
-
-    async def _stop_pool(self, resource: str) -> None:
-        self._cancel_registration(resource)
-        self.registered.discard(resource)
-        self._registered_with.pop(resource, None)
-        server = self.servers.pop(resource, None)
-        if server is None:
-            return
-        self.kubelet_watch.unwatch(server.pool.socket_name)  # our own removal is not a kubelet restart
-        self.metrics.unregistered(resource)
-        try:
-            await server.stop()
-        except Exception:
-            log.exception("stopping the server of %s failed", resource, extra={"resource": resource})
-
-    async def _restart_pool(self, resource: str, pool: ResourcePool) -> bool:
-        # The old server goes first: gRPC removes its socket path at shutdown, whichever file is there then.
-        await self._stop_pool(resource)
-        return await self._start_pool(pool)
-
-    # ---------------------------------------------------------------------------------- registration
-    def _register_in_background(self, resource: str) -> None:
-        self._cancel_registration(resource)
-        self.registered.discard(resource)
-        loop = asyncio.get_running_loop()
-        self._registering[resource] = loop.create_task(self._register_until_done(resource), name=f"register {resource}")
-
-    def _cancel_registration(self, resource: str) -> None:
-        task = self._registering.pop(resource, None)
-        if task is not None:
-            task.cancel()
-
-    async def _register_until_done(self, resource: str) -> None:
-        """Register with kubelet, retrying with backoff while it is absent or refuses; never gives up.
-
-        A kubelet that restarts while our Register is under way may have taken it and then forgotten it,
-        so success counts only when kubelet.sock is the same file before and after the call. A kubelet
-        restart cuts a backoff short (the kubelet watch wakes us), so a returning kubelet is not kept waiting.
-        """
-        delay = REGISTER_BACKOFF_FIRST
-        last_error = None
-        attempts = 0
-        sock = kubelet_socket(self.settings.plugin_dir)
-        while True:
-            server = self.servers.get(resource)
-            if server is None:
-                return
-            attempts += 1
-            kubelet = file_identity(sock)
-            try:
-                await register(self.settings.plugin_dir, server.pool, server.options)
-            except RegistrationError as exc:
-                error = str(exc)
-            except Exception as exc:
-                log.exception("registering %s failed unexpectedly", resource, extra={"resource": resource})
-                error = repr(exc)
-            else:
-                if file_identity(sock) == kubelet:
-                    self.registered.add(resource)
-                    self._registered_with[resource] = kubelet
-                    self.metrics.registration_succeeded(resource)
-                    if self._registering.get(resource) is asyncio.current_task():
-                        del self._registering[resource]
-                    return
-                error = "kubelet restarted while we registered"
-                delay = REGISTER_BACKOFF_FIRST
-            self.metrics.registration_failed(resource)
-            if error != last_error:
-                log.warning("%s; retrying", error, extra={"resource": resource, "attempt": attempts})
-                last_error = error
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._kubelet_changed.wait(), delay)
-            delay = min(delay * 2, REGISTER_BACKOFF_MAX)
+                    endpoint.register_in_background()
 
     # ------------------------------------------------------------------------------------------- RPCs
     def _observe_rpc(self, event: RpcEvent) -> None:
@@ -446,12 +358,6 @@ class Daemon:
             self.metrics.observe_preferred_allocation(event.resource, event.seconds)
         if self.rpc_observer is not None:
             self.rpc_observer(event)
-
-
-def _summary(pool: ResourcePool) -> str:
-    healthy = sum(d.healthy for d in pool.devices)
-    ids = ", ".join(f"{d.id}{'' if d.healthy else ' (unhealthy)'}" for d in pool.devices) or "none"
-    return f"{len(pool.devices)} devices, {healthy} healthy: {ids}"
 
 
 # ------------------------------------------------------------------------------------------ entry point
