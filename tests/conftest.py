@@ -1,5 +1,6 @@
-"""Shared fixtures: a generated sample board per test (normal and noiommu), a device-plugin directory with a
-kubelet stand-in on it, a CNI test world of unique namespaces and links, and a short directory for unix sockets."""
+"""Fixtures more than one subject uses: a generated sample board and a short private directory for unix sockets.
+Each subject folder (`deviceplugin/`, `cni/`) has a conftest of its own; support modules (stand-ins, scenario
+builders) sit here, beside this file, so any subject can import them."""
 
 from __future__ import annotations
 
@@ -7,55 +8,21 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
-from cni_helpers import Scenario
 
 from deviceplugin.sampleboard import SampleBoard, build_sample_board
-
-if TYPE_CHECKING:
-    from kubelet_stub import KubeletStub
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def board(tmp_path: Path) -> SampleBoard:
+    """The generated LX2160A-like board: DPAA2 containers and vfio-pci functions, removed with tmp_path."""
     return build_sample_board(tmp_path / "board")
 
 
 @pytest.fixture
 def noiommu_board(tmp_path: Path) -> SampleBoard:
     return build_sample_board(tmp_path / "board", noiommu=True)
-
-
-@pytest.fixture
-def plugin_dir() -> Iterator[Path]:
-    """A fresh, short device-plugin directory (kubelet's /var/lib/kubelet/device-plugins)."""
-    from kubelet_stub import temporary_plugin_dir  # grpc and the protos: only for the tests that ask
-
-    with temporary_plugin_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def kubelet(plugin_dir: Path) -> Iterator[KubeletStub]:
-    """The kubelet stand-in, serving Registration on `plugin_dir`/kubelet.sock."""
-    from kubelet_stub import KubeletStub
-
-    with KubeletStub(plugin_dir) as stub:
-        yield stub
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Scenario]:
-    """Unique namespaces, links and an IPAM dataDir for one CNI test, all removed afterwards."""
-    scenario = Scenario(tmp_path)
-    try:
-        yield scenario
-    finally:
-        scenario.close()
 
 
 @pytest.fixture

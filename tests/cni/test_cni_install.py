@@ -15,7 +15,7 @@ import zipapp
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from repo import REPO
 
 from cni.versions import version_info
 

@@ -41,6 +41,8 @@ from deviceplugin.records import (
 )
 from deviceplugin.sampleboard import SampleBoard, build_sample_board
 
+pytestmark = pytest.mark.hardening  # attacks and faults: tried as an attacker or a careless operator would
+
 # The sample config, and a second one that takes everything it can (no selectors): more devices at stake.
 CONFIGS = {
     "sample": parse_config(SAMPLE_CONFIG).pools,

@@ -36,6 +36,8 @@ from deviceplugin.policy.pools import build_pools
 from deviceplugin.records import ResourcePool
 from deviceplugin.sampleboard import SampleBoard, build_sample_board
 
+pytestmark = pytest.mark.hardening  # attacks and faults: tried as an attacker or a careless operator would
+
 DPRC = "nxp.com/dpaa2_dprc"
 VF = "intel.com/intel_vf"
 OK_VF = "0001:01:00.1"

@@ -47,6 +47,8 @@ from cni import client
 from cni.daemon import CniDaemon
 from cni.skel import execute
 
+pytestmark = pytest.mark.hardening  # attacks and faults: tried as an attacker or a careless operator would
+
 WARM_KILLS = 90
 REAL_KILLS = 10
 FRESH_ADD_EVERY = 10

@@ -29,7 +29,7 @@ from cni.ipam import ipam_add, ipam_del, ipam_gc
 from cni.ipam.ranges import parse_range_set
 from cni.ipam.store import ReservationStore, reservation_key
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def debris(data_dir: Path) -> list[str]:

@@ -22,7 +22,7 @@ from packaging.tags import Tag
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 LOCK = REPO / "hack" / "requirements.lock"
 LOCK_HEADER = """\
@@ -31,7 +31,7 @@ LOCK_HEADER = """\
 # The container image installs exactly this list: `pip install --no-cache-dir --require-hashes -r ...`.
 # Resolved for CPython 3.11 on Linux (the image's platform). Regenerate from a venv with vnfio installed (this
 # asks PyPI's simple index for the hashes):
-#   .venv/bin/python tests/test_dockerfile.py > hack/requirements.lock
+#   .venv/bin/python tests/deploy/test_dockerfile.py > hack/requirements.lock
 """
 PYPI_SIMPLE = "https://pypi.org/simple"
 _HASH = re.compile(r"^--hash=sha256:[0-9a-f]{64}$")

@@ -23,6 +23,8 @@ from cni_helpers import BIN, CniDaemonProcess, Scenario, cni_env, random_subnet,
 
 from cni import client
 
+pytestmark = pytest.mark.hardening  # attacks and faults: tried as an attacker or a careless operator would
+
 NOBODY = 65534
 
 

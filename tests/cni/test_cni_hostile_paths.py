@@ -27,9 +27,11 @@ from cni_helpers import (
     reservation_files,
     suffix,
 )
-from test_hardening_cni_crash import pod_links
+from test_cni_daemon_crash import pod_links
 
 from cni import client
+
+pytestmark = pytest.mark.hardening  # attacks and faults: tried as an attacker or a careless operator would
 
 INVALID_ENV, UNKNOWN_CONTAINER, INVALID_CONFIG, INVALID_NETNS = 4, 3, 7, 8
 

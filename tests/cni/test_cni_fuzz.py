@@ -39,6 +39,8 @@ from cni import client
 from cni.skel import execute
 from cni.versions import SUPPORTED
 
+pytestmark = pytest.mark.hardening  # attacks and faults: tried as an attacker or a careless operator would
+
 IN_PROCESS_CASES = 2000
 EXECUTABLE_CASES = 30  # each pays an interpreter start, and the in-process fallback an import of pyroute2
 DAEMON_CASES = 80

@@ -144,7 +144,7 @@ def test_sigkill_at_every_call_of_an_add_on_spares_then_del_and_gc_leave_nothing
 
     ranges = [[{"subnet": "10.93.0.0/24"}], [{"subnet": "fd93::/120"}]]
     ipam_add(request(tmp_path, "tenant", ranges=ranges))  # the directory and its index exist, one tenant holds two
-    repo = str(Path(__file__).resolve().parent.parent)
+    repo = str(Path(__file__).resolve().parents[2])
     net = tmp_path / "net1"
 
     tenant = held(tmp_path)

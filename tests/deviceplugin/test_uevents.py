@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,11 +58,13 @@ def test_relevance_filter() -> None:
     assert not listener.relevant(Uevent("add", "/devices/a", None))
 
 
-async def _run_until(listener: UeventListener, done: asyncio.Event, act: object) -> None:
+async def _run_until(listener: UeventListener, done: asyncio.Event, act: Callable[[], object] | None = None) -> None:
+    """Run the listener until `done`: `act()` once it listens, or nothing more (events already queued)."""
     task = asyncio.create_task(listener.run())
     try:
-        await asyncio.wait_for(listener.listening.wait(), 5)
-        act()  # type: ignore[operator]
+        if act is not None:
+            await asyncio.wait_for(listener.listening.wait(), 5)
+            act()
         await asyncio.wait_for(done.wait(), 10)
     finally:
         task.cancel()
@@ -126,20 +129,11 @@ def test_queued_burst_is_one_callback() -> None:
         calls.append(events)
         done.set()
 
-    async def scenario() -> None:
-        listener = UeventListener(on_change, open_socket=lambda: right)
-        # Queue before the listener starts reading, as a burst of unbind/bind/add does in the kernel.
-        for i in range(5):
-            left.send(f"bind@/devices/pci/0000:00:0{i}.0\0SUBSYSTEM=pci\0DRIVER=vfio-pci\0SEQNUM={i}\0".encode())
-        task = asyncio.create_task(listener.run())
-        try:
-            await asyncio.wait_for(done.wait(), 10)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
+    # Queue before the listener starts reading, as a burst of unbind/bind/add does in the kernel.
+    for i in range(5):
+        left.send(f"bind@/devices/pci/0000:00:0{i}.0\0SUBSYSTEM=pci\0DRIVER=vfio-pci\0SEQNUM={i}\0".encode())
     try:
-        asyncio.run(scenario())
+        asyncio.run(_run_until(UeventListener(on_change, open_socket=lambda: right), done))
     finally:
         left.close()
     assert len(calls) == 1
@@ -159,18 +153,9 @@ def test_failing_callback_does_not_stop_listener() -> None:
             raise RuntimeError("rescan exploded")
         done.set()
 
-    async def scenario() -> None:
-        listener = UeventListener(on_change, open_socket=lambda: right)
-        left.send(KERNEL_UNBIND)
-        task = asyncio.create_task(listener.run())
-        try:
-            await asyncio.wait_for(done.wait(), 10)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
+    left.send(KERNEL_UNBIND)
     try:
-        asyncio.run(scenario())
+        asyncio.run(_run_until(UeventListener(on_change, open_socket=lambda: right), done))
     finally:
         left.close()
     assert calls == [1, 1]

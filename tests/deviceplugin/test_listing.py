@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from repo import REPO
 
 from deviceplugin.listing import run_list
 from deviceplugin.policy.config import SAMPLE_CONFIG

@@ -23,6 +23,8 @@ from kubelet_stub import KubeletStub, device_health
 from deviceplugin.policy.config import SAMPLE_CONFIG
 from deviceplugin.sampleboard import SampleBoard
 
+pytestmark = pytest.mark.hardening  # attacks and faults: tried as an attacker or a careless operator would
+
 DPRC = "nxp.com/dpaa2_dprc"
 VF = "intel.com/intel_vf"
 SOCKETS = {"vnfio-dpaa2_dprc.sock", "vnfio-intel_vf.sock"}

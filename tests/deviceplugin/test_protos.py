@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from repo import REPO
 
 
 def test_generated_stubs_are_fresh(tmp_path: Path) -> None:

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO
 from kubelet_stub import KubeletStub, temporary_plugin_dir
 from kubernetes_validate.utils import latest_version, validate
+from repo import REPO
 
 from cni.install import build_parser as install_parser
 from deviceplugin.sampleboard import SampleBoard

@@ -25,10 +25,12 @@ from pathlib import Path
 import grpc
 import pytest
 from kubelet_stub import KubeletStub, device_health
-from test_hardening_permissions import SOCKETS, assert_private_sockets
+from test_daemon_permissions import SOCKETS, assert_private_sockets
 
 from deviceplugin.policy.config import SAMPLE_CONFIG
 from deviceplugin.sampleboard import SampleBoard
+
+pytestmark = pytest.mark.hardening  # attacks and faults: tried as an attacker or a careless operator would
 
 DPRC = "nxp.com/dpaa2_dprc"
 VF = "intel.com/intel_vf"

@@ -30,9 +30,11 @@ from cni_helpers import (
     reservation_files,
     settled,
 )
-from test_hardening_cni_crash import held_locks, pod_links
+from test_cni_daemon_crash import held_locks, pod_links
 
 from cni import client
+
+pytestmark = pytest.mark.hardening  # attacks and faults: tried as an attacker or a careless operator would
 
 PODS = 64
 ROUNDS = ("daemon", "daemon", "daemon", "mixed")
