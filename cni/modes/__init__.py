@@ -1,7 +1,7 @@
 """What every mode shares: the per-call context, the IPAM delegation, and the mode registry.
 
-A mode module (`veth`, `macvlan`, `bridge`) exposes `cmd_add(call) -> Result`, `cmd_del(call)` and
-`cmd_check(call)`; it never sees env vars or stdin.
+A mode module (`veth`, `macvlan`, `bridge`) declares its options and `cmd_add`, `cmd_del`, `cmd_check` and hands
+them to the skeleton as its `MODE`; it never sees env vars or stdin.
 """
 
 from __future__ import annotations
@@ -11,17 +11,19 @@ import importlib
 import ipaddress
 import logging
 from dataclasses import dataclass, replace
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 from cni.errors import INTERNAL, INVALID_CONFIG, CniError
-from cni.netconf import NetConf
-from cni.request import CniRequest
 from cni.result import Interface, IPConfig, Result, family_gateways, parse_result
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
     from cni.ipam import IpamRequest
+    from cni.netconf import NetConf
     from cni.netns import Netlink
+    from cni.request import CniRequest
     from cni.rtnl import Link
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,29 @@ class Call:
     netns_fd: int | None
 
 
-def mode_module(mode: str) -> ModuleType:
-    return importlib.import_module(f"cni.modes.{mode}")
+# --- the registry: adding a mode is its module (ending in `MODE = Mode(...)`) and its name here ----------------
+
+MODES = ("veth", "macvlan", "bridge")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What a mode module gives the skeleton. `parse_options` validates the mode's own keys of the raw config
+    (the common ones are `cni.netconf`'s) and returns the frozen options record `NetConf.options` carries;
+    `status`, if any, says whether the mode can serve ADD (STATUS), before IPAM is asked the same."""
+
+    parse_options: Callable[[Mapping[str, Any]], object]
+    add: Callable[[Call], Result]
+    delete: Callable[[Call], None]
+    check: Callable[[Call], None]
+    status: Callable[[Call], None] | None = None
+
+
+def load_mode(name: str) -> Mode:
+    """The mode named `name` (one of MODES), importing its module on first use."""
+    module = importlib.import_module(f"cni.modes.{name}")
+    mode: Mode = module.MODE
+    return mode
 
 
 # --- IPAM delegation (the built-ins and external plugins live in cni.ipam) -------------------------------------

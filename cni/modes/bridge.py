@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from cni import macspoofchk
-from cni.errors import INTERNAL, CniError
+from cni.errors import INTERNAL, INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
 from cni.links import (
     add_address,
     addresses,
@@ -29,6 +30,7 @@ from cni.links import (
 )
 from cni.modes import (
     Call,
+    Mode,
     announce,
     check_container_iface,
     container_result,
@@ -46,6 +48,7 @@ from cni.modes import (
     prev_container_iface,
     remove_pod_link,
 )
+from cni.netconf import bool_key, int_key, link_name_key
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, IPConfig, Result, Route
 
@@ -56,9 +59,51 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class BridgeOptions:
+    bridge: str = "cni0"
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    force_address: bool = False
+    hairpin_mode: bool = False
+    promisc_mode: bool = False
+    vlan: int = 0
+    macspoofchk: bool = False
+    enable_dad: bool = False
+
+
+def parse_options(raw: Mapping[str, Any]) -> BridgeOptions:
+    """The reference bridge's keys that vnfio implements; the ones it does not are refused (code 2), not ignored."""
+    opts = BridgeOptions(
+        bridge=link_name_key(raw, "bridge", "cni0"),
+        is_gateway=bool_key(raw, "isGateway") or bool_key(raw, "isDefaultGateway"),
+        is_default_gateway=bool_key(raw, "isDefaultGateway"),
+        force_address=bool_key(raw, "forceAddress"),
+        hairpin_mode=bool_key(raw, "hairpinMode"),
+        promisc_mode=bool_key(raw, "promiscMode"),
+        vlan=int_key(raw, "vlan", 0, 4094),
+        macspoofchk=bool_key(raw, "macspoofchk"),
+        enable_dad=bool_key(raw, "enabledad"),
+    )
+    if opts.hairpin_mode and opts.promisc_mode:
+        raise CniError(INVALID_CONFIG, "hairpinMode: true cannot be combined with promiscMode: true")
+    if opts.vlan and opts.is_gateway:
+        raise CniError(UNSUPPORTED_FIELD, f"vlan: {opts.vlan} together with isGateway: true is not supported by vnfio")
+    for key in ("vlanTrunk", "portIsolation", "disableContainerInterface"):
+        if raw.get(key):
+            raise CniError(UNSUPPORTED_FIELD, f"{key}: {raw[key]!r} is not supported by vnfio")
+    return opts
+
+
+def _options(call: Call) -> BridgeOptions:
+    opts = call.conf.options
+    assert isinstance(opts, BridgeOptions)
+    return opts
+
+
 def cmd_add(call: Call) -> Result:
     req, conf = call.req, call.conf
-    opts = conf.bridge
+    opts = _options(call)
     assert call.netns_fd is not None
     with host_netlink() as host, netlink_in(call.netns_fd) as pod:
         bridge = ensure_bridge(host, opts.bridge, conf.mtu, opts.promisc_mode, vlan_filtering=bool(opts.vlan))
@@ -89,7 +134,7 @@ def cmd_add(call: Call) -> Result:
 
 def _configure(call: Call, host: Netlink, pod: Netlink, bridge: int, host_port: str, pod_state: Link,
                ipam: Result) -> Result:
-    req, opts = call.req, call.conf.bridge
+    req, opts = call.req, _options(call)
     if opts.is_gateway:
         # The reference `calcGateways`: an address without a gateway gets the first address of its subnet.
         ipam = replace(ipam, ips=tuple(
@@ -160,12 +205,12 @@ def cmd_del(call: Call) -> None:
             remove_pod_link(call, pod)
     ipam_del(call)
     masquerade_del(call)
-    if call.conf.bridge.macspoofchk:
+    if _options(call).macspoofchk:
         macspoofchk.teardown(call.conf.name, call.req.container_id, call.req.ifname)
 
 
 def _spoofchk_del_quietly(call: Call) -> None:
-    if call.conf.bridge.macspoofchk:
+    if _options(call).macspoofchk:
         try:
             macspoofchk.teardown(call.conf.name, call.req.container_id, call.req.ifname)
         except Exception:
@@ -175,7 +220,7 @@ def _spoofchk_del_quietly(call: Call) -> None:
 def cmd_check(call: Call) -> None:
     prev, index = prev_container_iface(call)
     ipam_check(call)
-    opts = call.conf.bridge
+    opts = _options(call)
     assert call.netns_fd is not None
     with netlink_in(call.netns_fd) as pod:
         peer = check_container_iface(call, pod, prev, index, "veth").peer
@@ -200,3 +245,6 @@ def cmd_check(call: Call) -> None:
                         raise CniError(INTERNAL, f"CHECK: gateway address {wanted} missing on bridge {opts.bridge!r}")
     if opts.macspoofchk and not macspoofchk.present(call.conf.name, call.req.container_id, call.req.ifname):
         raise CniError(INTERNAL, f"CHECK: the macspoofchk rule of {call.req.ifname!r} is missing")
+
+
+MODE = Mode(parse_options=parse_options, add=cmd_add, delete=cmd_del, check=cmd_check)

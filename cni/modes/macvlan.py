@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from cni.errors import INTERNAL, INVALID_CONFIG, CniError
+from cni.errors import INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, UNSUPPORTED_FIELD, CniError
 from cni.links import (
     configure_iface,
     create_macvlan,
@@ -25,6 +27,7 @@ from cni.links import (
 )
 from cni.modes import (
     Call,
+    Mode,
     announce,
     check_container_iface,
     container_result,
@@ -33,11 +36,13 @@ from cni.modes import (
     ipam_check,
     ipam_del,
     ipam_release_quietly,
+    ipam_status,
     ipv6_link_local,
     pod_ipv6_sysctls,
     prev_container_iface,
     remove_pod_link,
 )
+from cni.netconf import bool_key, link_name_key, str_key
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, Result
 
@@ -46,11 +51,39 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _TEMPORARY_NAME = re.compile(r"^mv[0-9a-f]{8}$")  # what `create_macvlan` names a macvlan before the rename
+MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
+
+
+@dataclass(frozen=True)
+class MacvlanOptions:
+    master: str = ""  # empty: the interface of the default route
+    mode: str = "bridge"
+    link_in_container: bool = False
+
+
+def parse_options(raw: Mapping[str, Any]) -> MacvlanOptions:
+    """`master`, `macvlanMode` (the reference's `mode`, renamed: vnfio's `mode` picks the mode module) and
+    `linkInContainer`. ipMasq is refused, as the reference macvlan has none: the pod sits on the master's L2."""
+    if raw.get("ipMasq"):
+        raise CniError(UNSUPPORTED_FIELD, "ipMasq: true is not supported in mode macvlan (as in the reference)")
+    mode = str_key(raw, "macvlanMode", "bridge")
+    if mode not in MACVLAN_MODES:
+        raise CniError(UNSUPPORTED_FIELD, f"macvlanMode: {mode!r} is not one of {', '.join(MACVLAN_MODES)}")
+    master = str_key(raw, "master", "")
+    if master:
+        master = link_name_key(raw, "master", "")
+    return MacvlanOptions(master=master, mode=mode, link_in_container=bool_key(raw, "linkInContainer"))
+
+
+def _options(call: Call) -> MacvlanOptions:
+    opts = call.conf.options
+    assert isinstance(opts, MacvlanOptions)
+    return opts
 
 
 def _master(call: Call, where: Netlink) -> int:
     """The master's ifindex in `where`: the configured name, else the default route's link."""
-    opts = call.conf.macvlan
+    opts = _options(call)
     side = "container" if opts.link_in_container else "host"
     if opts.master:
         index = link_index(where, opts.master)
@@ -64,16 +97,16 @@ def _master(call: Call, where: Netlink) -> int:
 
 
 def cmd_add(call: Call) -> Result:
-    req, conf = call.req, call.conf
+    req, conf, opts = call.req, call.conf, _options(call)
     assert call.netns_fd is not None
     with host_netlink() as host, netlink_in(call.netns_fd) as pod:
-        where = pod if conf.macvlan.link_in_container else host
+        where = pod if opts.link_in_container else host
         master = _master(call, where)
         master_mtu = link_state(where, master).mtu
         if conf.mtu > master_mtu:
             raise CniError(INVALID_CONFIG, f"mtu: {conf.mtu} is larger than the master's MTU {master_mtu}")
-        into = None if conf.macvlan.link_in_container else call.netns_fd
-        temp = create_macvlan(where, master, conf.macvlan.mode, into, conf.mtu, conf.mac)
+        into = None if opts.link_in_container else call.netns_fd
+        temp = create_macvlan(where, master, opts.mode, into, conf.mtu, conf.mac)
         current = temp  # what to delete on failure: never a CNI_IFNAME that was there before us
         try:
             index = link_index(pod, temp)
@@ -128,6 +161,19 @@ def cmd_check(call: Call) -> None:
     assert call.netns_fd is not None
     with netlink_in(call.netns_fd) as pod:
         mode = macvlan_mode(check_container_iface(call, pod, prev, index, "macvlan"))
-        if mode != call.conf.macvlan.mode:
+        if mode != _options(call).mode:
             raise CniError(INTERNAL, f"CHECK: {call.req.ifname!r} is in macvlan mode {mode}, config says "
-                           f"{call.conf.macvlan.mode}")
+                           f"{_options(call).mode}")
+
+
+def cmd_status(call: Call) -> None:
+    """A master that is configured but absent from the host means ADD cannot be served (code 50)."""
+    opts = _options(call)
+    if opts.master and not opts.link_in_container:
+        with host_netlink() as host:
+            if link_index(host, opts.master) is None:
+                raise CniError(NOT_AVAILABLE, f"macvlan master {opts.master!r} does not exist")
+    ipam_status(call)
+
+
+MODE = Mode(parse_options=parse_options, add=cmd_add, delete=cmd_del, check=cmd_check, status=cmd_status)

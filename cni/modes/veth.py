@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from cni.errors import INTERNAL, INVALID_CONFIG, CniError
 from cni.links import (
@@ -26,6 +28,7 @@ from cni.links import (
 )
 from cni.modes import (
     Call,
+    Mode,
     announce,
     check_container_iface,
     container_result,
@@ -50,6 +53,15 @@ if TYPE_CHECKING:
     from cni.netns import Netlink
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VethOptions:
+    """Mode veth has no keys of its own: the common ones (mtu, mac, ipMasq, ipam, dns) are all it takes."""
+
+
+def parse_options(raw: Mapping[str, Any]) -> VethOptions:
+    return VethOptions()
 
 
 def cmd_add(call: Call) -> Result:
@@ -157,3 +169,6 @@ def _check_host_side(host: Netlink, host_link: int, name: str, ips: list[IPConfi
         # A kernel route lookup, not a dump of every host route: the host has one such route per pod.
         if not route_exists(host, f"{pod_ip.ip}/{bits}", host_link):
             raise CniError(INTERNAL, f"CHECK: host route to {pod_ip.ip}/{bits} via {name!r} missing")
+
+
+MODE = Mode(parse_options=parse_options, add=cmd_add, delete=cmd_del, check=cmd_check)
