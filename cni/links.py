@@ -39,6 +39,15 @@ def _netlink_errno(exc: BaseException) -> int | None:
     return None
 
 
+def enable_forwarding(host: Netlink, fams: set[int]) -> None:
+    """Host-wide IP forwarding for the families in use (the reference `ip.EnableForward`). Read over netlink;
+    /proc/sys is written only when forwarding is off, which on a working node is once."""
+    if 4 in fams and not host.rtnl.forwarding(4):
+        write_sysctl("net/ipv4/ip_forward", "1")
+    if 6 in fams and not host.rtnl.forwarding(6):
+        write_sysctl("net/ipv6/conf/all/forwarding", "1")
+
+
 def link_index(ipr: Netlink, name: str) -> int | None:
     state = link_state_by_name(ipr, name)
     return state.index if state is not None else None

@@ -103,7 +103,8 @@ def _run(req: CniRequest, raw: Any, netns_fd: int | None) -> tuple[int, str]:
     if req.command == "STATUS":
         _status(req, conf)
         return 0, ""
-    from cni.modes import Call, chain, load_mode
+    from cni.modes import load_mode
+    from cni.modes.call import Call, chain
     from cni.netns import NetnsGone, check_netns_fd, open_netns
 
     mode = load_mode(conf.mode)
@@ -155,7 +156,8 @@ def _valid_attachments(conf: NetConf) -> list[tuple[str, str]]:
 def _gc(req: CniRequest, conf: NetConf) -> None:
     """GC: links die with their netns; IPAM reservations and nftables rules (ipMasq, macspoofchk) can outlive it."""
     from cni import ipmasq, macspoofchk
-    from cni.modes import Call, ipam_gc
+    from cni.modes.call import Call
+    from cni.modes.ipam_calls import ipam_gc
 
     valid = _valid_attachments(conf)
     errors = []
@@ -174,7 +176,9 @@ def _gc(req: CniRequest, conf: NetConf) -> None:
 
 def _status(req: CniRequest, conf: NetConf) -> None:
     """STATUS: can ADD be served? The mode says, if it has anything to check (it asks IPAM too), else IPAM."""
-    from cni.modes import Call, ipam_status, load_mode
+    from cni.modes import load_mode
+    from cni.modes.call import Call
+    from cni.modes.ipam_calls import ipam_status
 
     call = Call(req=req, conf=conf, netns_fd=None)
     status = load_mode(conf.mode).status

@@ -20,6 +20,7 @@ from cni.links import (
     attach_port,
     configure_iface,
     del_link_quietly,
+    enable_forwarding,
     ensure_bridge,
     link_state,
     link_state_by_name,
@@ -28,26 +29,14 @@ from cni.links import (
     wait_oper_up,
     without_ipv6_link_local,
 )
-from cni.modes import (
-    Call,
-    Mode,
-    announce,
-    check_container_iface,
-    container_result,
-    enable_forwarding,
-    families,
-    ipam_add,
-    ipam_check,
-    ipam_del,
-    ipam_release_quietly,
-    ipv6_link_local,
-    masquerade_add,
-    masquerade_del,
-    masquerade_del_quietly,
-    pod_ipv6_sysctls,
-    prev_container_iface,
-    remove_pod_link,
-)
+from cni.modes import Mode
+from cni.modes.announce import announce
+from cni.modes.call import Call, container_result, families
+from cni.modes.check import check_container_iface, prev_container_iface
+from cni.modes.ipam_calls import ipam_add, ipam_check, ipam_del, ipam_release_quietly
+from cni.modes.masquerade import masquerade_add, masquerade_del, masquerade_del_quietly
+from cni.modes.pod_sysctls import ipv6_link_local, pod_ipv6_sysctls
+from cni.modes.retire import remove_pod_link
 from cni.netconf import bool_key, int_key, link_name_key
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, IPConfig, Result, Route

@@ -25,23 +25,13 @@ from cni.links import (
     wait_addresses_settled,
     without_ipv6_link_local,
 )
-from cni.modes import (
-    Call,
-    Mode,
-    announce,
-    check_container_iface,
-    container_result,
-    families,
-    ipam_add,
-    ipam_check,
-    ipam_del,
-    ipam_release_quietly,
-    ipam_status,
-    ipv6_link_local,
-    pod_ipv6_sysctls,
-    prev_container_iface,
-    remove_pod_link,
-)
+from cni.modes import Mode
+from cni.modes.announce import announce
+from cni.modes.call import Call, container_result, families
+from cni.modes.check import check_container_iface, prev_container_iface
+from cni.modes.ipam_calls import ipam_add, ipam_check, ipam_del, ipam_release_quietly, ipam_status
+from cni.modes.pod_sysctls import ipv6_link_local, pod_ipv6_sysctls
+from cni.modes.retire import remove_pod_link
 from cni.netconf import bool_key, link_name_key, str_key
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, Result
