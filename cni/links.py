@@ -53,6 +53,10 @@ def link_index(ipr: Netlink, name: str) -> int | None:
     return state.index if state is not None else None
 
 
+def all_links(ipr: Netlink) -> list[Link]:
+    return ipr.rtnl.links()
+
+
 def link_state(ipr: Netlink, index: int) -> Link:
     return ipr.rtnl.get_link(index=index)
 
@@ -242,14 +246,6 @@ def del_link_by_name(ipr: Netlink, name: str) -> bool:
     return True
 
 
-def del_link_quietly(ipr: Netlink, name: str) -> None:
-    """Rollback helper: delete `name` if present, log instead of raising."""
-    try:
-        del_link_by_name(ipr, name)
-    except Exception:
-        log.warning("rollback: could not delete link %s", name, exc_info=True)
-
-
 def add_address(ipr: Netlink, index: int, cidr: str, nodad: bool = False, noprefixroute: bool = False) -> bool:
     """Add `cidr` to the link; False if it was already there."""
     iface = ipaddress.ip_interface(cidr)
@@ -260,6 +256,18 @@ def add_address(ipr: Netlink, index: int, cidr: str, nodad: bool = False, nopref
         if _netlink_errno(exc) != errno.EEXIST:
             raise CniError(INTERNAL, f"failed to add address {cidr} to link {index}: {exc}") from exc
         return False
+    return True
+
+
+def del_address(ipr: Netlink, index: int, cidr: str) -> bool:
+    """Remove `cidr` from the link; False if it was not there."""
+    iface = ipaddress.ip_interface(cidr)
+    try:
+        ipr.rtnl.del_address(index, str(iface.ip), iface.network.prefixlen)
+    except Exception as exc:
+        if _netlink_errno(exc) == errno.EADDRNOTAVAIL:
+            return False
+        raise CniError(INTERNAL, f"failed to remove address {cidr} from link {index}: {exc}") from exc
     return True
 
 

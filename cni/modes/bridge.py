@@ -19,7 +19,8 @@ from cni.links import (
     addresses,
     attach_port,
     configure_iface,
-    del_link_quietly,
+    del_address,
+    del_link_by_name,
     enable_forwarding,
     ensure_bridge,
     link_state,
@@ -33,10 +34,11 @@ from cni.modes import Mode
 from cni.modes.announce import announce
 from cni.modes.call import Call, container_result, families
 from cni.modes.check import check_container_iface, prev_container_iface
-from cni.modes.ipam_calls import ipam_add, ipam_check, ipam_del, ipam_release_quietly
-from cni.modes.masquerade import masquerade_add, masquerade_del, masquerade_del_quietly
+from cni.modes.ipam_calls import ipam_add, ipam_check, ipam_del, ipam_release
+from cni.modes.masquerade import masquerade_add, masquerade_del
 from cni.modes.pod_sysctls import ipv6_link_local, pod_ipv6_sysctls
 from cni.modes.retire import remove_pod_link
+from cni.modes.rollback import Rollback
 from cni.netconf import bool_key, int_key, link_name_key
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, IPConfig, Result, Route
@@ -94,31 +96,29 @@ def cmd_add(call: Call) -> Result:
     req, conf = call.req, call.conf
     opts = _options(call)
     assert call.netns_fd is not None
-    with host_netlink() as host, netlink_in(call.netns_fd) as pod:
+    with host_netlink() as host, netlink_in(call.netns_fd) as pod, \
+            Rollback(f"ADD {req.container_id}/{req.ifname}") as rollback:
         bridge = ensure_bridge(host, opts.bridge, conf.mtu, opts.promisc_mode, vlan_filtering=bool(opts.vlan))
         host_name = setup_veth(host, pod, call.netns_fd, req.ifname, conf.mtu, conf.mac)
-        try:
-            pod_link = link_state_by_name(pod, req.ifname)
-            if pod_link is None:
-                raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
-            attach_port(host, host_name, bridge.index, opts.hairpin_mode, opts.vlan,
-                        link_local=conf.ipv6_link_local is True)
-            ipam = ipam_add(call)
-            try:
-                result = _configure(call, host, pod, bridge.index, host_name, pod_link, ipam)
-                masquerade_add(call, ipam.ips)
-                if opts.macspoofchk:
-                    macspoofchk.setup(conf.name, req.container_id, req.ifname, host_name, result.interfaces[-1].mac)
-                announce(call, pod, pod_link.index, result.interfaces[-1].mac, result.ips)
-                return result
-            except BaseException:
-                _spoofchk_del_quietly(call)
-                masquerade_del_quietly(call)
-                ipam_release_quietly(call)
-                raise
-        except BaseException:
-            del_link_quietly(host, host_name)
-            raise
+        rollback.undo(f"delete veth {host_name}", del_link_by_name, host, host_name)  # the bridge itself stays
+        pod_link = link_state_by_name(pod, req.ifname)
+        if pod_link is None:
+            raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
+        attach_port(host, host_name, bridge.index, opts.hairpin_mode, opts.vlan,
+                    link_local=conf.ipv6_link_local is True)
+        ipam = ipam_add(call)
+        rollback.undo("release its IPAM reservation", ipam_release, call)
+        result = _configure(call, host, pod, bridge.index, host_name, pod_link, ipam)
+        # Both teardowns go by key, so each is registered before its step and also clears a half-made setup.
+        rollback.undo("remove its masquerade rules", masquerade_del, call)
+        masquerade_add(call, ipam.ips)
+        if opts.macspoofchk:
+            rollback.undo("remove its macspoofchk rule", macspoofchk.teardown, conf.name, req.container_id,
+                          req.ifname)
+            macspoofchk.setup(conf.name, req.container_id, req.ifname, host_name, result.interfaces[-1].mac)
+        announce(call, pod, pod_link.index, result.interfaces[-1].mac, result.ips)
+        rollback.commit()
+    return result
 
 
 def _configure(call: Call, host: Netlink, pod: Netlink, bridge: int, host_port: str, pod_state: Link,
@@ -180,11 +180,11 @@ def _ensure_gateway_address(host: Netlink, bridge: int, ip: IPConfig, force: boo
             conflicts.append(have)
     for have in conflicts:
         if not force:
-            host.iproute.addr("del", index=bridge, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
+            del_address(host, bridge, str(wanted))
             name = link_state(host, bridge).name
             raise CniError(INTERNAL, f"bridge {name!r} already has an IP address {have} different from {wanted}"
                            " (set forceAddress to replace it)")
-        host.iproute.addr("del", index=bridge, address=str(have.ip), prefixlen=have.network.prefixlen)
+        del_address(host, bridge, str(have))
 
 
 def cmd_del(call: Call) -> None:
@@ -196,14 +196,6 @@ def cmd_del(call: Call) -> None:
     masquerade_del(call)
     if _options(call).macspoofchk:
         macspoofchk.teardown(call.conf.name, call.req.container_id, call.req.ifname)
-
-
-def _spoofchk_del_quietly(call: Call) -> None:
-    if _options(call).macspoofchk:
-        try:
-            macspoofchk.teardown(call.conf.name, call.req.container_id, call.req.ifname)
-        except Exception:
-            log.warning("rollback: could not remove the macspoofchk rule of %s", call.req.container_id, exc_info=True)
 
 
 def cmd_check(call: Call) -> None:

@@ -5,7 +5,6 @@ An L2-only config (no `ipam`) makes every call a no-op and ADD an empty result.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -14,9 +13,6 @@ from cni.result import Result, parse_result
 if TYPE_CHECKING:
     from cni.ipam import IpamRequest
     from cni.modes.call import Call
-
-log = logging.getLogger(__name__)
-
 
 def _ipam_request(call: Call) -> IpamRequest:
     from cni.ipam import IpamRequest
@@ -50,12 +46,9 @@ def ipam_del(call: Call) -> None:
         delete(_ipam_request(call))
 
 
-def ipam_release_quietly(call: Call) -> None:
-    """Rollback: release what IPAM ADD reserved, logging (not raising) a failure so the original error wins."""
-    try:
-        ipam_del(replace(call, req=replace(call.req, command="DEL")))
-    except Exception:
-        log.warning("rollback: IPAM release failed for %s/%s", call.req.container_id, call.req.ifname, exc_info=True)
+def ipam_release(call: Call) -> None:
+    """ADD's undo of `ipam_add`: a DEL of the same attachment, so the delegate releases what it reserved."""
+    ipam_del(replace(call, req=replace(call.req, command="DEL")))
 
 
 def ipam_check(call: Call) -> None:

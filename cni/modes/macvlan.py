@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from cni.errors import INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, UNSUPPORTED_FIELD, CniError
 from cni.links import (
+    all_links,
     configure_iface,
     create_macvlan,
     default_route_link,
-    del_link_quietly,
+    del_link_by_name,
     link_index,
     link_state,
     macvlan_mode,
@@ -29,9 +30,10 @@ from cni.modes import Mode
 from cni.modes.announce import announce
 from cni.modes.call import Call, container_result, families
 from cni.modes.check import check_container_iface, prev_container_iface
-from cni.modes.ipam_calls import ipam_add, ipam_check, ipam_del, ipam_release_quietly, ipam_status
+from cni.modes.ipam_calls import ipam_add, ipam_check, ipam_del, ipam_release, ipam_status
 from cni.modes.pod_sysctls import ipv6_link_local, pod_ipv6_sysctls
 from cni.modes.retire import remove_pod_link
+from cni.modes.rollback import Rollback
 from cni.netconf import bool_key, link_name_key, str_key
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, Result
@@ -89,7 +91,8 @@ def _master(call: Call, where: Netlink) -> int:
 def cmd_add(call: Call) -> Result:
     req, conf, opts = call.req, call.conf, _options(call)
     assert call.netns_fd is not None
-    with host_netlink() as host, netlink_in(call.netns_fd) as pod:
+    with host_netlink() as host, netlink_in(call.netns_fd) as pod, \
+            Rollback(f"ADD {req.container_id}/{req.ifname}") as rollback:
         where = pod if opts.link_in_container else host
         master = _master(call, where)
         master_mtu = link_state(where, master).mtu
@@ -97,31 +100,25 @@ def cmd_add(call: Call) -> Result:
             raise CniError(INVALID_CONFIG, f"mtu: {conf.mtu} is larger than the master's MTU {master_mtu}")
         into = None if opts.link_in_container else call.netns_fd
         temp = create_macvlan(where, master, opts.mode, into, conf.mtu, conf.mac)
-        current = temp  # what to delete on failure: never a CNI_IFNAME that was there before us
-        try:
-            index = link_index(pod, temp)
-            if index is None:
-                raise CniError(INTERNAL, f"macvlan {temp!r} vanished right after creation")
-            rename_link(pod, index, req.ifname)
-            current = req.ifname
-            ipam = ipam_add(call)
-            try:
-                fams = families(ipam)
-                if 6 in fams:
-                    run_in_netns(call.netns_fd, lambda: pod_ipv6_sysctls(req.ifname, ndisc_notify=True))
-                if not ipv6_link_local(call, ipam):
-                    without_ipv6_link_local(pod, index)
-                configure_iface(pod, index, ipam.ips, ipam.routes, nodad=False)
-                if any(ip.family == 6 and ip.gateway for ip in ipam.ips):
-                    wait_addresses_settled(pod, index)
-                state = link_state(pod, index)
-                announce(call, pod, index, state.mac, ipam.ips)
-            except BaseException:
-                ipam_release_quietly(call)
-                raise
-        except BaseException:
-            del_link_quietly(pod, current)
-            raise
+        rollback.undo(f"delete macvlan {temp}", del_link_by_name, pod, temp)
+        index = link_index(pod, temp)
+        if index is None:
+            raise CniError(INTERNAL, f"macvlan {temp!r} vanished right after creation")
+        rename_link(pod, index, req.ifname)
+        # Only now is CNI_IFNAME ours: one that was there before this ADD (the rename failed) is never deleted.
+        rollback.undo(f"delete macvlan {req.ifname}", del_link_by_name, pod, req.ifname)
+        ipam = ipam_add(call)
+        rollback.undo("release its IPAM reservation", ipam_release, call)
+        if 6 in families(ipam):
+            run_in_netns(call.netns_fd, lambda: pod_ipv6_sysctls(req.ifname, ndisc_notify=True))
+        if not ipv6_link_local(call, ipam):
+            without_ipv6_link_local(pod, index)
+        configure_iface(pod, index, ipam.ips, ipam.routes, nodad=False)
+        if any(ip.family == 6 and ip.gateway for ip in ipam.ips):
+            wait_addresses_settled(pod, index)
+        state = link_state(pod, index)
+        announce(call, pod, index, state.mac, ipam.ips)
+        rollback.commit()
     iface = Interface(name=req.ifname, mac=state.mac, sandbox=req.netns, mtu=state.mtu)
     return container_result(call, ipam, [iface])
 
@@ -139,10 +136,13 @@ def _del_orphaned_temporaries(pod: Netlink) -> None:
     """An ADD killed between creating the macvlan and renaming it left it under its temporary name, which DEL by
     CNI_IFNAME cannot find. No ADD is running in this pod now (the spec forbids parallel operations on one
     container), so a macvlan with such a name is debris."""
-    for link in pod.rtnl.links():
+    for link in all_links(pod):
         if _TEMPORARY_NAME.match(link.name) and link.kind == "macvlan":
             log.info("removing macvlan %s left by an interrupted ADD", link.name)
-            del_link_quietly(pod, link.name)
+            try:
+                del_link_by_name(pod, link.name)
+            except CniError as exc:  # debris, not this DEL's attachment: its DEL still succeeds
+                log.warning("could not remove macvlan %s left by an interrupted ADD: %s", link.name, exc.msg)
 
 
 def cmd_check(call: Call) -> None:

@@ -3,15 +3,11 @@ find them without the pod's addresses."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cni.modes.call import Call
     from cni.result import IPConfig
-
-log = logging.getLogger(__name__)
-
 
 def masquerade_add(call: Call, ips: tuple[IPConfig, ...]) -> None:
     if call.conf.ip_masq and ips:
@@ -26,10 +22,3 @@ def masquerade_del(call: Call) -> None:
         from cni import ipmasq
 
         ipmasq.teardown(call.conf.name, call.req.container_id, call.req.ifname)
-
-
-def masquerade_del_quietly(call: Call) -> None:
-    try:
-        masquerade_del(call)
-    except Exception:
-        log.warning("rollback: could not remove masquerade rules of %s", call.req.container_id, exc_info=True)

@@ -18,7 +18,7 @@ from cni.links import (
     add_address,
     add_route,
     addresses,
-    del_link_quietly,
+    del_link_by_name,
     enable_forwarding,
     link_index,
     link_state_by_name,
@@ -31,10 +31,11 @@ from cni.modes import Mode
 from cni.modes.announce import announce
 from cni.modes.call import Call, container_result, families
 from cni.modes.check import check_container_iface, prev_container_iface
-from cni.modes.ipam_calls import ipam_add, ipam_check, ipam_del, ipam_release_quietly
-from cni.modes.masquerade import masquerade_add, masquerade_del, masquerade_del_quietly
+from cni.modes.ipam_calls import ipam_add, ipam_check, ipam_del, ipam_release
+from cni.modes.masquerade import masquerade_add, masquerade_del
 from cni.modes.pod_sysctls import ipv6_link_local, pod_ipv6_sysctls
 from cni.modes.retire import remove_pod_link
+from cni.modes.rollback import Rollback
 from cni.netns import host_netlink, netlink_in, run_in_netns, write_sysctl
 from cni.result import Interface, IPConfig, Result, family_gateways
 
@@ -56,28 +57,29 @@ def parse_options(raw: Mapping[str, Any]) -> VethOptions:
 def cmd_add(call: Call) -> Result:
     req, conf = call.req, call.conf
     assert call.netns_fd is not None
-    ipam = ipam_add(call)
-    try:
+    with host_netlink() as host, netlink_in(call.netns_fd) as pod, \
+            Rollback(f"ADD {req.container_id}/{req.ifname}") as rollback:
+        ipam = ipam_add(call)
+        rollback.undo("release its IPAM reservation", ipam_release, call)  # the first step: undone last
         for ip in ipam.ips:
             if not ip.gateway:
                 raise CniError(INVALID_CONFIG, f"mode veth: IPAM gave {ip.address} without a gateway")
         fams = families(ipam)
-        with host_netlink() as host, netlink_in(call.netns_fd) as pod:
-            if ipam.ips:
-                enable_forwarding(host, fams)
-            host_name = setup_veth(host, pod, call.netns_fd, req.ifname, conf.mtu, conf.mac)
-            try:
-                return _wire(call, host, pod, host_name, ipam, fams)
-            except BaseException:
-                masquerade_del_quietly(call)
-                del_link_quietly(host, host_name)
-                raise
-    except BaseException:
-        ipam_release_quietly(call)
-        raise
+        if ipam.ips:
+            enable_forwarding(host, fams)
+        host_name = setup_veth(host, pod, call.netns_fd, req.ifname, conf.mtu, conf.mac)
+        rollback.undo(f"delete veth {host_name}", del_link_by_name, host, host_name)
+        result, pod_link = _wire(call, host, pod, host_name, ipam, fams)
+        # Registered before the step: the teardown goes by key, so it also clears a half-made setup.
+        rollback.undo("remove its masquerade rules", masquerade_del, call)
+        masquerade_add(call, ipam.ips)
+        announce(call, pod, pod_link, result.interfaces[-1].mac, ipam.ips)  # last: nothing after it can fail
+        rollback.commit()
+    return result
 
 
-def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result, fams: set[int]) -> Result:
+def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result, fams: set[int]) -> tuple[Result, int]:
+    """Addresses, routes and links up on both ends; the result, and the pod end's ifindex."""
     req = call.req
     pod_state = link_state_by_name(pod, req.ifname)
     host_state = link_state_by_name(host, host_name)
@@ -114,9 +116,7 @@ def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result,
         Interface(name=host_name, mac=host_state.mac, mtu=host_state.mtu),
         Interface(name=req.ifname, mac=pod_state.mac, sandbox=req.netns, mtu=pod_state.mtu),
     ]
-    masquerade_add(call, ipam.ips)
-    announce(call, pod, pod_link, pod_state.mac, ipam.ips)  # last: nothing after it can fail and roll back
-    return container_result(call, ipam, interfaces)
+    return container_result(call, ipam, interfaces), pod_link
 
 
 def cmd_del(call: Call) -> None:
