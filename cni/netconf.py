@@ -1,7 +1,8 @@
 """The vnfio network configuration: the common CNI keys plus each mode's options, validated.
 
-Structurally wrong input (missing key, wrong type, bad address) is code 7; a well-formed key whose value vnfio
-does not support is code 2. Both name the key and the value, as the spec asks.
+Structurally wrong input (missing key, wrong type, bad address) and a value outside the key's allowed set
+(`mode: "bogus"`) are code 7; code 2 is for what vnfio does not implement at all (a reference key such as
+`vlanTrunk`, or a reference value such as `ipMasqBackend: "iptables"`). Both name the key and the value.
 """
 
 from __future__ import annotations
@@ -102,11 +103,13 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
     if mode is None:
         raise CniError(INVALID_CONFIG, f"mode: missing, expected one of {', '.join(MODES)}")
     if mode not in MODES:
-        raise CniError(UNSUPPORTED_FIELD, f"mode: {mode!r} is not one of {', '.join(MODES)}")
+        raise CniError(INVALID_CONFIG, f"mode: {mode!r} is not one of {', '.join(MODES)}")
     ip_masq = bool_key(raw, "ipMasq")
     backend = raw.get("ipMasqBackend", "nftables")
-    if backend not in ("nftables", None):
+    if backend in ("iptables",):  # the reference's other backend: a real choice vnfio does not implement
         raise CniError(UNSUPPORTED_FIELD, f"ipMasqBackend: {backend!r} is not supported, vnfio uses nftables")
+    if backend not in ("nftables", None):
+        raise CniError(INVALID_CONFIG, f"ipMasqBackend: {backend!r} is not one of nftables, iptables")
     runtime = raw.get("runtimeConfig") or {}
     if not isinstance(runtime, Mapping):
         raise CniError(INVALID_CONFIG, f"runtimeConfig: expected an object, got {runtime!r}")

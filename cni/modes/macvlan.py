@@ -60,7 +60,7 @@ def parse_options(raw: Mapping[str, Any]) -> MacvlanOptions:
         raise CniError(UNSUPPORTED_FIELD, "ipMasq: true is not supported in mode macvlan (as in the reference)")
     mode = str_key(raw, "macvlanMode", "bridge")
     if mode not in MACVLAN_MODES:
-        raise CniError(UNSUPPORTED_FIELD, f"macvlanMode: {mode!r} is not one of {', '.join(MACVLAN_MODES)}")
+        raise CniError(INVALID_CONFIG, f"macvlanMode: {mode!r} is not one of {', '.join(MACVLAN_MODES)}")
     master = str_key(raw, "master", "")
     if master:
         master = link_name_key(raw, "master", "")
