@@ -247,11 +247,15 @@ def del_link_by_name(ipr: Netlink, name: str) -> bool:
 
 
 def add_address(ipr: Netlink, index: int, cidr: str, nodad: bool = False, noprefixroute: bool = False) -> bool:
-    """Add `cidr` to the link; False if it was already there."""
+    """Add `cidr` to the link; False if it was already there. An IPv4 address carries its subnet's broadcast
+    (`brd`), as the reference's netlink library sets it; /31 and /32 have none (RFC 3021)."""
     iface = ipaddress.ip_interface(cidr)
     flags = (IFA_F_NODAD if nodad and iface.version == 6 else 0) | (IFA_F_NOPREFIXROUTE if noprefixroute else 0)
+    broadcast = ""
+    if iface.version == 4 and iface.network.prefixlen < 31:
+        broadcast = str(iface.network.broadcast_address)
     try:
-        ipr.rtnl.add_address(index, str(iface.ip), iface.network.prefixlen, flags)
+        ipr.rtnl.add_address(index, str(iface.ip), iface.network.prefixlen, flags, broadcast)
     except Exception as exc:
         if _netlink_errno(exc) != errno.EEXIST:
             raise CniError(INTERNAL, f"failed to add address {cidr} to link {index}: {exc}") from exc
