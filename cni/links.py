@@ -150,7 +150,10 @@ def ensure_bridge(host: Netlink, name: str, mtu: int, promisc: bool, vlan_filter
     state = link_state_by_name(host, name)
     created = False
     if state is None:
-        attrs: dict[str, Any] = {"kind": "bridge"}
+        # Its own MAC from the start (plugins#60: else it follows the lowest port MAC as pods come and go). Given in
+        # the create request, the kernel also derives the STP bridge ID from it; set afterwards to the MAC it
+        # already has, it would leave the ID at 8000.000000000000 for good.
+        attrs: dict[str, Any] = {"kind": "bridge", "address": _random_mac()}
         if mtu:
             attrs["mtu"] = mtu
         if vlan_filtering:
@@ -171,10 +174,8 @@ def ensure_bridge(host: Netlink, name: str, mtu: int, promisc: bool, vlan_filter
             raise CniError(INTERNAL, f"bridge {name!r} vanished right after creation")
     if state.kind != "bridge":
         raise CniError(INTERNAL, f"{name!r} already exists but is a {state.kind or 'plain'} link, not a bridge")
-    if created or not _mac_pinned(name):
-        # Pin the bridge MAC to itself: otherwise it follows the lowest port MAC and changes as pods come and go
-        # (plugins#60). Checked on every ADD, not only at creation, so an ADD killed in between is repaired.
-        host.rtnl.set_link(index=state.index, mac=state.mac)
+    if not created:
+        _pin_bridge_mac(host, state)
     if vlan_filtering:
         try:
             host.iproute.link("set", index=state.index, kind="bridge", br_vlan_filtering=1)
@@ -187,6 +188,35 @@ def ensure_bridge(host: Netlink, name: str, mtu: int, promisc: bool, vlan_filter
     if not state.up:
         host.rtnl.set_link(index=state.index, up=True)
     return state
+
+
+def _random_mac() -> str:
+    """A random locally administered unicast MAC, as the kernel's eth_random_addr makes."""
+    octets = bytearray(secrets.token_bytes(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def _pin_bridge_mac(host: Netlink, state: Link) -> None:
+    """A bridge this ADD did not create: pin its MAC to itself if nobody did (plugins#60), and give it the STP
+    bridge ID of that MAC if it has none (a bridge pinned before it had a port, as vnfio did before). The kernel
+    recomputes the ID only when the MAC changes, so that takes a change and a change back."""
+    if _bridge_id_unset(state.name):
+        other = bytearray.fromhex(state.mac.replace(":", ""))
+        other[5] ^= 0x01
+        host.rtnl.set_link(index=state.index, mac=":".join(f"{b:02x}" for b in other))
+        host.rtnl.set_link(index=state.index, mac=state.mac)
+    elif not _mac_pinned(state.name):
+        host.rtnl.set_link(index=state.index, mac=state.mac)
+
+
+def _bridge_id_unset(name: str) -> bool:
+    """Whether the bridge's STP ID has no MAC part (`8000.000000000000`). Unreadable: assume it is set."""
+    try:
+        with open(f"/sys/class/net/{name}/bridge/bridge_id") as f:
+            return f.read().strip().endswith(".000000000000")
+    except OSError:
+        return False
 
 
 def _mac_pinned(name: str) -> bool:
