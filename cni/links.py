@@ -313,7 +313,9 @@ def add_route(
     scope: int | None = None,
     src: str = "",
     extra: Route | None = None,
-) -> None:
+    keep_existing: bool = False,
+) -> bool:
+    """Add the route; False if `keep_existing` and the table already has one to `dst` (same metric)."""
     from cni.rtnl import RTAX_ADVMSS, RTAX_MTU
 
     metrics = {}
@@ -326,12 +328,17 @@ def add_route(
                            priority=extra.priority if extra is not None else 0,
                            table=extra.table if extra is not None else 0, metrics=metrics)
     except Exception as exc:
-        # EEXIST too: a pod that already has this destination (say, a default route) would silently not get ours.
+        if keep_existing and _netlink_errno(exc) == errno.EEXIST:
+            log.info("route %s already exists: keeping it, not adding it via %s", dst, gw or f"link {index}")
+            return False
         raise CniError(INTERNAL, f"failed to add route {dst} via {gw or 'link'}: {exc}") from exc
+    return True
 
 
 def configure_iface(ipr: Netlink, index: int, ips: Iterable[IPConfig], routes: Sequence[Route], nodad: bool) -> None:
-    """The reference `ipam.ConfigureIface`: addresses, link up, then routes through the per-family gateway."""
+    """The reference `ipam.ConfigureIface`: addresses, link up, then routes through the per-family gateway. A route
+    the pod already has (another attachment's default or cluster route, with Multus) is kept, not replaced: the
+    first one wins, as in the reference."""
     ips = list(ips)
     for ip in ips:
         add_address(ipr, index, ip.address, nodad=nodad)
@@ -340,7 +347,7 @@ def configure_iface(ipr: Netlink, index: int, ips: Iterable[IPConfig], routes: S
     for route in routes:
         family = ipaddress.ip_network(route.dst, strict=False).version
         gw = route.gw or gateways.get(family, "")
-        add_route(ipr, index, route.dst, gw, scope=route.scope, extra=route)
+        add_route(ipr, index, route.dst, gw, scope=route.scope, extra=route, keep_existing=True)
 
 
 def addresses(ipr: Netlink, index: int, family: int = 0) -> set[str]:

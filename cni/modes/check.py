@@ -46,6 +46,7 @@ def check_container_iface(call: Call, pod: Netlink, prev: Result, index: int, ki
         if str(ipaddress.ip_interface(ip.address)) not in have:
             raise CniError(INTERNAL, f"CHECK: address {ip.address} missing on {ifname!r}")
     present: dict[int, set[tuple[str, str]]] = {}  # per routing table (0: main), read once each
+    ours: dict[int, set[str]] = {}  # per routing table, the destinations routed out of our link
     gateways = family_gateways(mine)
     our_families = {ip.family for ip in mine}
     for route in prev.routes:
@@ -55,9 +56,18 @@ def check_container_iface(call: Call, pod: Netlink, prev: Result, index: int, ki
         gw = route.gw or gateways.get(family, "")
         if route.table not in present:
             present[route.table] = routes(pod, table=route.table)
-        if (route.dst, gw) not in present[route.table]:
+            ours[route.table] = {dst for dst, _ in routes(pod, link, table=route.table)}
+        if (route.dst, gw) not in present[route.table] and not _routed_elsewhere(route.dst, present[route.table],
+                                                                                 ours[route.table]):
             where = f" (table {route.table})" if route.table else ""
             raise CniError(
                 INTERNAL, f"CHECK: route {route.dst} via {gw or 'link'}{where} missing in {call.req.netns!r}"
             )
     return state
+
+
+def _routed_elsewhere(dst: str, present: set[tuple[str, str]], ours: set[str]) -> bool:
+    """Whether the table routes `dst` out of another link, not ours: another attachment of the pod installed it
+    first, and ADD kept that one (the first one wins), so ours was never added. A route to `dst` out of our own
+    link through another gateway is still wrong."""
+    return dst not in ours and any(have == dst for have, _ in present)

@@ -105,7 +105,7 @@ def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result,
     gateways = family_gateways(ipam.ips)
     for route in ipam.routes:
         gw = route.gw or gateways.get(ipaddress.ip_network(route.dst).version, "")
-        add_route(pod, pod_link, route.dst, gw=gw, extra=route)
+        add_route(pod, pod_link, route.dst, gw=gw, extra=route, keep_existing=True)  # first one wins
     set_up(host, host_link)
     for ip in ipam.ips:
         pod_ip = ipaddress.ip_interface(ip.address)
