@@ -3,8 +3,8 @@
 Some work serves the network rather than the answer. An ADD's gratuitous ARP, which tells the pod's neighbours its
 MAC, costs the sender one copy per bridge port (~1.5 ms at 500 ports), all of it in the sending thread's softirq.
 A DEL's link delete makes the kernel wait for RCU grace periods (~20-40 ms) long after the pod has lost the link
-(see `cni.modes.remove_pod_link`). In the node daemon such work is collected while the command runs and done right
-after the reply is sent; everywhere else (the in-process path, tests) `later` simply runs it at once.
+(see `cni.modes.retire.remove_pod_link`). In the node daemon such work is collected while the command runs and done
+right after the reply is sent; everywhere else (the in-process path, tests) `later` simply runs it at once.
 """
 
 from __future__ import annotations

@@ -39,9 +39,22 @@ def _netlink_errno(exc: BaseException) -> int | None:
     return None
 
 
+def enable_forwarding(host: Netlink, fams: set[int]) -> None:
+    """Host-wide IP forwarding for the families in use (the reference `ip.EnableForward`). Read over netlink;
+    /proc/sys is written only when forwarding is off, which on a working node is once."""
+    if 4 in fams and not host.rtnl.forwarding(4):
+        write_sysctl("net/ipv4/ip_forward", "1")
+    if 6 in fams and not host.rtnl.forwarding(6):
+        write_sysctl("net/ipv6/conf/all/forwarding", "1")
+
+
 def link_index(ipr: Netlink, name: str) -> int | None:
     state = link_state_by_name(ipr, name)
     return state.index if state is not None else None
+
+
+def all_links(ipr: Netlink) -> list[Link]:
+    return ipr.rtnl.links()
 
 
 def link_state(ipr: Netlink, index: int) -> Link:
@@ -137,7 +150,10 @@ def ensure_bridge(host: Netlink, name: str, mtu: int, promisc: bool, vlan_filter
     state = link_state_by_name(host, name)
     created = False
     if state is None:
-        attrs: dict[str, Any] = {"kind": "bridge"}
+        # Its own MAC from the start (plugins#60: else it follows the lowest port MAC as pods come and go). Given in
+        # the create request, the kernel also derives the STP bridge ID from it; set afterwards to the MAC it
+        # already has, it would leave the ID at 8000.000000000000 for good.
+        attrs: dict[str, Any] = {"kind": "bridge", "address": _random_mac()}
         if mtu:
             attrs["mtu"] = mtu
         if vlan_filtering:
@@ -158,10 +174,8 @@ def ensure_bridge(host: Netlink, name: str, mtu: int, promisc: bool, vlan_filter
             raise CniError(INTERNAL, f"bridge {name!r} vanished right after creation")
     if state.kind != "bridge":
         raise CniError(INTERNAL, f"{name!r} already exists but is a {state.kind or 'plain'} link, not a bridge")
-    if created or not _mac_pinned(name):
-        # Pin the bridge MAC to itself: otherwise it follows the lowest port MAC and changes as pods come and go
-        # (plugins#60). Checked on every ADD, not only at creation, so an ADD killed in between is repaired.
-        host.rtnl.set_link(index=state.index, mac=state.mac)
+    if not created:
+        _pin_bridge_mac(host, state)
     if vlan_filtering:
         try:
             host.iproute.link("set", index=state.index, kind="bridge", br_vlan_filtering=1)
@@ -174,6 +188,35 @@ def ensure_bridge(host: Netlink, name: str, mtu: int, promisc: bool, vlan_filter
     if not state.up:
         host.rtnl.set_link(index=state.index, up=True)
     return state
+
+
+def _random_mac() -> str:
+    """A random locally administered unicast MAC, as the kernel's eth_random_addr makes."""
+    octets = bytearray(secrets.token_bytes(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def _pin_bridge_mac(host: Netlink, state: Link) -> None:
+    """A bridge this ADD did not create: pin its MAC to itself if nobody did (plugins#60), and give it the STP
+    bridge ID of that MAC if it has none (a bridge pinned before it had a port, as vnfio did before). The kernel
+    recomputes the ID only when the MAC changes, so that takes a change and a change back."""
+    if _bridge_id_unset(state.name):
+        other = bytearray.fromhex(state.mac.replace(":", ""))
+        other[5] ^= 0x01
+        host.rtnl.set_link(index=state.index, mac=":".join(f"{b:02x}" for b in other))
+        host.rtnl.set_link(index=state.index, mac=state.mac)
+    elif not _mac_pinned(state.name):
+        host.rtnl.set_link(index=state.index, mac=state.mac)
+
+
+def _bridge_id_unset(name: str) -> bool:
+    """Whether the bridge's STP ID has no MAC part (`8000.000000000000`). Unreadable: assume it is set."""
+    try:
+        with open(f"/sys/class/net/{name}/bridge/bridge_id") as f:
+            return f.read().strip().endswith(".000000000000")
+    except OSError:
+        return False
 
 
 def _mac_pinned(name: str) -> bool:
@@ -233,24 +276,32 @@ def del_link_by_name(ipr: Netlink, name: str) -> bool:
     return True
 
 
-def del_link_quietly(ipr: Netlink, name: str) -> None:
-    """Rollback helper: delete `name` if present, log instead of raising."""
-    try:
-        del_link_by_name(ipr, name)
-    except Exception:
-        log.warning("rollback: could not delete link %s", name, exc_info=True)
-
-
 def add_address(ipr: Netlink, index: int, cidr: str, nodad: bool = False, noprefixroute: bool = False) -> bool:
-    """Add `cidr` to the link; False if it was already there."""
+    """Add `cidr` to the link; False if it was already there. An IPv4 address carries its subnet's broadcast
+    (`brd`), as the reference's netlink library sets it; /31 and /32 have none (RFC 3021)."""
     iface = ipaddress.ip_interface(cidr)
     flags = (IFA_F_NODAD if nodad and iface.version == 6 else 0) | (IFA_F_NOPREFIXROUTE if noprefixroute else 0)
+    broadcast = ""
+    if iface.version == 4 and iface.network.prefixlen < 31:
+        broadcast = str(iface.network.broadcast_address)
     try:
-        ipr.rtnl.add_address(index, str(iface.ip), iface.network.prefixlen, flags)
+        ipr.rtnl.add_address(index, str(iface.ip), iface.network.prefixlen, flags, broadcast)
     except Exception as exc:
         if _netlink_errno(exc) != errno.EEXIST:
             raise CniError(INTERNAL, f"failed to add address {cidr} to link {index}: {exc}") from exc
         return False
+    return True
+
+
+def del_address(ipr: Netlink, index: int, cidr: str) -> bool:
+    """Remove `cidr` from the link; False if it was not there."""
+    iface = ipaddress.ip_interface(cidr)
+    try:
+        ipr.rtnl.del_address(index, str(iface.ip), iface.network.prefixlen)
+    except Exception as exc:
+        if _netlink_errno(exc) == errno.EADDRNOTAVAIL:
+            return False
+        raise CniError(INTERNAL, f"failed to remove address {cidr} from link {index}: {exc}") from exc
     return True
 
 
@@ -262,7 +313,9 @@ def add_route(
     scope: int | None = None,
     src: str = "",
     extra: Route | None = None,
-) -> None:
+    keep_existing: bool = False,
+) -> bool:
+    """Add the route; False if `keep_existing` and the table already has one to `dst` (same metric)."""
     from cni.rtnl import RTAX_ADVMSS, RTAX_MTU
 
     metrics = {}
@@ -275,12 +328,17 @@ def add_route(
                            priority=extra.priority if extra is not None else 0,
                            table=extra.table if extra is not None else 0, metrics=metrics)
     except Exception as exc:
-        # EEXIST too: a pod that already has this destination (say, a default route) would silently not get ours.
+        if keep_existing and _netlink_errno(exc) == errno.EEXIST:
+            log.info("route %s already exists: keeping it, not adding it via %s", dst, gw or f"link {index}")
+            return False
         raise CniError(INTERNAL, f"failed to add route {dst} via {gw or 'link'}: {exc}") from exc
+    return True
 
 
 def configure_iface(ipr: Netlink, index: int, ips: Iterable[IPConfig], routes: Sequence[Route], nodad: bool) -> None:
-    """The reference `ipam.ConfigureIface`: addresses, link up, then routes through the per-family gateway."""
+    """The reference `ipam.ConfigureIface`: addresses, link up, then routes through the per-family gateway. A route
+    the pod already has (another attachment's default or cluster route, with Multus) is kept, not replaced: the
+    first one wins, as in the reference."""
     ips = list(ips)
     for ip in ips:
         add_address(ipr, index, ip.address, nodad=nodad)
@@ -289,7 +347,7 @@ def configure_iface(ipr: Netlink, index: int, ips: Iterable[IPConfig], routes: S
     for route in routes:
         family = ipaddress.ip_network(route.dst, strict=False).version
         gw = route.gw or gateways.get(family, "")
-        add_route(ipr, index, route.dst, gw, scope=route.scope, extra=route)
+        add_route(ipr, index, route.dst, gw, scope=route.scope, extra=route, keep_existing=True)
 
 
 def addresses(ipr: Netlink, index: int, family: int = 0) -> set[str]:

@@ -1,7 +1,8 @@
 """The vnfio network configuration: the common CNI keys plus each mode's options, validated.
 
-Structurally wrong input (missing key, wrong type, bad address) is code 7; a well-formed key whose value vnfio
-does not support is code 2. Both name the key and the value, as the spec asks.
+Structurally wrong input (missing key, wrong type, bad address) and a value outside the key's allowed set
+(`mode: "bogus"`) are code 7; code 2 is for what vnfio does not implement at all (a reference key such as
+`vlanTrunk`, or a reference value such as `ipMasqBackend: "iptables"`). Both name the key and the value.
 """
 
 from __future__ import annotations
@@ -13,34 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
+from cni.modes import MODES, load_mode
 from cni.request import MAX_NETWORK_NAME, CniRequest
 from cni.result import DNS, Result, parse_dns, parse_result
 from cni.versions import SUPPORTED
 
-MODES = ("veth", "macvlan", "bridge")
-MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
-
-
-@dataclass(frozen=True)
-class BridgeOptions:
-    bridge: str = "cni0"
-    is_gateway: bool = False
-    is_default_gateway: bool = False
-    force_address: bool = False
-    hairpin_mode: bool = False
-    promisc_mode: bool = False
-    vlan: int = 0
-    macspoofchk: bool = False
-    enable_dad: bool = False
-
-
-@dataclass(frozen=True)
-class MacvlanOptions:
-    master: str = ""  # empty: the interface of the default route
-    mode: str = "bridge"
-    link_in_container: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,8 +38,7 @@ class NetConf:
     ipv6_link_local: bool | None = None  # `ipv6LinkLocal`; None: only where the attachment uses IPv6
     dns: DNS = field(default_factory=DNS)
     prev_result: Result | None = None
-    bridge: BridgeOptions = field(default_factory=BridgeOptions)
-    macvlan: MacvlanOptions = field(default_factory=MacvlanOptions)
+    options: object = None  # the mode's own options, as its `parse_options` made them
 
 
 def check_version(raw: Mapping[str, Any]) -> str:
@@ -73,21 +52,21 @@ def check_version(raw: Mapping[str, Any]) -> str:
     return str(version)
 
 
-def _bool(raw: Mapping[str, Any], key: str, default: bool = False) -> bool:
+def bool_key(raw: Mapping[str, Any], key: str, default: bool = False) -> bool:
     value = raw.get(key, default)
     if not isinstance(value, bool):
         raise CniError(INVALID_CONFIG, f"{key}: expected true or false, got {value!r}")
     return value
 
 
-def _str(raw: Mapping[str, Any], key: str, default: str = "") -> str:
+def str_key(raw: Mapping[str, Any], key: str, default: str = "") -> str:
     value = raw.get(key, default)
     if not isinstance(value, str):
         raise CniError(INVALID_CONFIG, f"{key}: expected a string, got {value!r}")
     return value
 
 
-def _int(raw: Mapping[str, Any], key: str, low: int, high: int, default: int = 0) -> int:
+def int_key(raw: Mapping[str, Any], key: str, low: int, high: int, default: int = 0) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise CniError(INVALID_CONFIG, f"{key}: expected an integer in [{low}, {high}], got {value!r}")
@@ -100,46 +79,14 @@ def _mac(value: Any, source: str) -> str:
     return value.lower()
 
 
-def _link_name(raw: Mapping[str, Any], key: str, default: str) -> str:
+def link_name_key(raw: Mapping[str, Any], key: str, default: str) -> str:
     from cni.request import validate_ifname
 
-    value = _str(raw, key, default)
+    value = str_key(raw, key, default)
     problem = validate_ifname(value)
     if problem:
         raise CniError(INVALID_CONFIG, f"{key}: interface name {problem}")
     return value
-
-
-def _bridge_options(raw: Mapping[str, Any]) -> BridgeOptions:
-    opts = BridgeOptions(
-        bridge=_link_name(raw, "bridge", "cni0"),
-        is_gateway=_bool(raw, "isGateway") or _bool(raw, "isDefaultGateway"),
-        is_default_gateway=_bool(raw, "isDefaultGateway"),
-        force_address=_bool(raw, "forceAddress"),
-        hairpin_mode=_bool(raw, "hairpinMode"),
-        promisc_mode=_bool(raw, "promiscMode"),
-        vlan=_int(raw, "vlan", 0, 4094),
-        macspoofchk=_bool(raw, "macspoofchk"),
-        enable_dad=_bool(raw, "enabledad"),
-    )
-    if opts.hairpin_mode and opts.promisc_mode:
-        raise CniError(INVALID_CONFIG, "hairpinMode: true cannot be combined with promiscMode: true")
-    if opts.vlan and opts.is_gateway:
-        raise CniError(UNSUPPORTED_FIELD, f"vlan: {opts.vlan} together with isGateway: true is not supported by vnfio")
-    for key in ("vlanTrunk", "portIsolation", "disableContainerInterface"):
-        if raw.get(key):
-            raise CniError(UNSUPPORTED_FIELD, f"{key}: {raw[key]!r} is not supported by vnfio")
-    return opts
-
-
-def _macvlan_options(raw: Mapping[str, Any]) -> MacvlanOptions:
-    mode = _str(raw, "macvlanMode", "bridge")
-    if mode not in MACVLAN_MODES:
-        raise CniError(UNSUPPORTED_FIELD, f"macvlanMode: {mode!r} is not one of {', '.join(MACVLAN_MODES)}")
-    master = _str(raw, "master", "")
-    if master:
-        master = _link_name(raw, "master", "")
-    return MacvlanOptions(master=master, mode=mode, link_in_container=_bool(raw, "linkInContainer"))
 
 
 def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
@@ -156,21 +103,21 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
     if mode is None:
         raise CniError(INVALID_CONFIG, f"mode: missing, expected one of {', '.join(MODES)}")
     if mode not in MODES:
-        raise CniError(UNSUPPORTED_FIELD, f"mode: {mode!r} is not one of {', '.join(MODES)}")
-    ip_masq = _bool(raw, "ipMasq")
-    if ip_masq and mode == "macvlan":
-        raise CniError(UNSUPPORTED_FIELD, "ipMasq: true is not supported in mode macvlan (as in the reference)")
+        raise CniError(INVALID_CONFIG, f"mode: {mode!r} is not one of {', '.join(MODES)}")
+    ip_masq = bool_key(raw, "ipMasq")
     backend = raw.get("ipMasqBackend", "nftables")
-    if backend not in ("nftables", None):
+    if backend in ("iptables",):  # the reference's other backend: a real choice vnfio does not implement
         raise CniError(UNSUPPORTED_FIELD, f"ipMasqBackend: {backend!r} is not supported, vnfio uses nftables")
+    if backend not in ("nftables", None):
+        raise CniError(INVALID_CONFIG, f"ipMasqBackend: {backend!r} is not one of nftables, iptables")
     runtime = raw.get("runtimeConfig") or {}
     if not isinstance(runtime, Mapping):
         raise CniError(INVALID_CONFIG, f"runtimeConfig: expected an object, got {runtime!r}")
     args = raw.get("args") or {}
     cni_args = args.get("cni") if isinstance(args, Mapping) else None
-    mtu = _int(raw, "mtu", 0, 65535)
+    mtu = int_key(raw, "mtu", 0, 65535)
     if runtime.get("mtu") is not None:
-        mtu = _int(runtime, "mtu", 0, 65535)
+        mtu = int_key(runtime, "mtu", 0, 65535)
     # MAC precedence is the reference bridge's: CNI_ARGS MAC=, then args.cni.mac, then runtimeConfig.mac; then the
     # config's own `mac` (a reference macvlan option).
     mac = ""
@@ -187,7 +134,7 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
         raise CniError(INVALID_CONFIG, f"ipam: expected an object with a string 'type', got {ipam!r}")
     if not ipam:
         ipam = None
-    ipv6_link_local = None if raw.get("ipv6LinkLocal") is None else _bool(raw, "ipv6LinkLocal")
+    ipv6_link_local = None if raw.get("ipv6LinkLocal") is None else bool_key(raw, "ipv6LinkLocal")
     dns = parse_dns(raw.get("dns") or {}, "dns")
     prev = raw.get("prevResult")
     prev_result = parse_result(prev, version) if prev else None
@@ -206,8 +153,7 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
         ipv6_link_local=ipv6_link_local,
         dns=dns,
         prev_result=prev_result,
-        bridge=_bridge_options(raw) if mode == "bridge" else BridgeOptions(),
-        macvlan=_macvlan_options(raw) if mode == "macvlan" else MacvlanOptions(),
+        options=load_mode(mode).parse_options(raw),
     )
 
 

@@ -34,7 +34,7 @@ IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFLA_MACVLAN_MODE = 1
 MACVLAN_MODE_IDS = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
-IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 7, 8, 15
 RTAX_MTU, RTAX_ADVMSS = 2, 8
 IFF_UP, IFF_PROMISC = 0x1, 0x100
@@ -312,13 +312,15 @@ class Rtnl:
         body += attr(IFA_ADDRESS, ip.packed)
         self.request(RTM_DELADDR, NLM_F_ACK, body)
 
-    def add_address(self, index: int, address: str, prefixlen: int, flags: int = 0) -> None:
+    def add_address(self, index: int, address: str, prefixlen: int, flags: int = 0, broadcast: str = "") -> None:
         ip = ipaddress.ip_address(address)
         family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
         body = _IFADDR.pack(family, prefixlen, flags & 0xFF, 0, index)
         if ip.version == 4:
             body += attr(IFA_LOCAL, ip.packed)
         body += attr(IFA_ADDRESS, ip.packed)
+        if broadcast:
+            body += attr(IFA_BROADCAST, ipaddress.ip_address(broadcast).packed)
         if flags:
             body += attr(IFA_FLAGS, _u32(flags))
         self.request(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)

@@ -19,7 +19,6 @@ from cni.errors import (
     INTERNAL,
     INVALID_CONFIG,
     INVALID_NETNS,
-    NOT_AVAILABLE,
     UNKNOWN_CONTAINER,
     CniError,
 )
@@ -104,10 +103,11 @@ def _run(req: CniRequest, raw: Any, netns_fd: int | None) -> tuple[int, str]:
     if req.command == "STATUS":
         _status(req, conf)
         return 0, ""
-    from cni.modes import Call, chain, mode_module
+    from cni.modes import load_mode
+    from cni.modes.call import Call, chain
     from cni.netns import NetnsGone, check_netns_fd, open_netns
 
-    mode = mode_module(conf.mode)
+    mode = load_mode(conf.mode)
     owned_fd: int | None = None
     fd = netns_fd
     if fd is not None:
@@ -127,12 +127,12 @@ def _run(req: CniRequest, raw: Any, netns_fd: int | None) -> tuple[int, str]:
     try:
         call = Call(req=req, conf=conf, netns_fd=fd)
         if req.command == "ADD":
-            result = chain(conf.prev_result, mode.cmd_add(call))
+            result = chain(conf.prev_result, mode.add(call))
             return 0, json.dumps(result.to_dict(conf.cni_version)) + "\n"
         if req.command == "DEL":
-            mode.cmd_del(call)
+            mode.delete(call)
             return 0, ""
-        mode.cmd_check(call)
+        mode.check(call)
         return 0, ""
     finally:
         if owned_fd is not None:
@@ -156,7 +156,8 @@ def _valid_attachments(conf: NetConf) -> list[tuple[str, str]]:
 def _gc(req: CniRequest, conf: NetConf) -> None:
     """GC: links die with their netns; IPAM reservations and nftables rules (ipMasq, macspoofchk) can outlive it."""
     from cni import ipmasq, macspoofchk
-    from cni.modes import Call, ipam_gc
+    from cni.modes.call import Call
+    from cni.modes.ipam_calls import ipam_gc
 
     valid = _valid_attachments(conf)
     errors = []
@@ -174,17 +175,17 @@ def _gc(req: CniRequest, conf: NetConf) -> None:
 
 
 def _status(req: CniRequest, conf: NetConf) -> None:
-    """STATUS: can ADD be served? A macvlan master that is configured but absent means no (code 50)."""
-    from cni.modes import Call, ipam_status
+    """STATUS: can ADD be served? The mode says, if it has anything to check (it asks IPAM too), else IPAM."""
+    from cni.modes import load_mode
+    from cni.modes.call import Call
+    from cni.modes.ipam_calls import ipam_status
 
-    if conf.mode == "macvlan" and conf.macvlan.master and not conf.macvlan.link_in_container:
-        from cni.links import link_index
-        from cni.netns import host_netlink
-
-        with host_netlink() as host:
-            if link_index(host, conf.macvlan.master) is None:
-                raise CniError(NOT_AVAILABLE, f"macvlan master {conf.macvlan.master!r} does not exist")
-    ipam_status(Call(req=req, conf=conf, netns_fd=None))
+    call = Call(req=req, conf=conf, netns_fd=None)
+    status = load_mode(conf.mode).status
+    if status is not None:
+        status(call)
+    else:
+        ipam_status(call)
 
 
 __all__ = ["SUPPORTED", "execute"]

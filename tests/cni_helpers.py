@@ -479,9 +479,10 @@ C = TypeVar("C", bound=Sized)
 def settled(probe: Callable[[], C], timeout: float = 10.0) -> C:
     """`probe()` once it comes back empty, or its last answer after `timeout` seconds.
 
-    A DEL through the node daemon answers first and deletes the pod's link right after (cni.modes.remove_pod_link),
-    so what it leaves is checked as "gone within a bounded time", not "gone at the answer"; the in-process path,
-    which deletes before answering, has its own immediate checks (tests/cni/test_cni_del_deferred.py)."""
+    A DEL through the node daemon answers first and deletes the pod's link right after
+    (cni.modes.retire.remove_pod_link), so what it leaves is checked as "gone within a bounded time", not "gone at
+    the answer"; the in-process path, which deletes before answering, has its own immediate checks
+    (tests/cni/test_cni_del_deferred.py)."""
     deadline = time.monotonic() + timeout
     while (found := probe()) and time.monotonic() < deadline:
         time.sleep(0.01)

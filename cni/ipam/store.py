@@ -10,7 +10,8 @@ operator finds what they know and either plugin can take over the directory):
   one small file instead of every reservation. `:` cannot occur in a valid container ID or interface name,
   so the name is unambiguous.
 
-- `by-key/.spare.<pid>.<random>`: empty files the node daemon made ahead of time (see `SparePool`); not reservations.
+- `by-key/.spare.<pid>.<random>`: empty files the node daemon made ahead of time (see `cni.ipam.spares`); not
+  reservations.
 
 Crash safety (SIGKILL at any instruction). A reservation is made in this order: append the address to the
 key's index, create the address file with O_EXCL, write the owner in one write(2). So every address file
@@ -19,7 +20,7 @@ touched. Readers never trust the index alone: an entry counts only if the addres
 so entries for addresses that were never created, or that another key owns, are ignored. An empty address
 file is a reservation that died before its owner was written (also the reference's bug #498): it is free.
 Process death is covered; power loss may leave empty files, which are then free as well.
-With a spare (`SparePool`), "create" is link(2) of an empty file, which fails on an existing name as O_EXCL
+With a spare (`cni.ipam.spares`), "create" is link(2) of an empty file, which fails on an existing name as O_EXCL
 does; a death right after it leaves the spare's name on that empty (free) file too, which GC removes.
 """
 
@@ -29,7 +30,6 @@ import fcntl
 import ipaddress
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from cni import deferred
 from cni.errors import INTERNAL, INVALID_CONFIG, INVALID_ENV, TRY_AGAIN, CniError
+from cni.ipam.spares import SparePool, spare_pool
 from cni.request import MAX_CONTAINER_ID, MAX_NETWORK_NAME
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,6 @@ _MAX_NETWORK_NAME = MAX_NETWORK_NAME
 _NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _NAME_REST = _NAME_FIRST | frozenset("_.-")
 _TMP_PREFIX = ".tmp."
-SPARE_PREFIX = ".spare."
-SPARES_PER_NETWORK = 4  # what the daemon keeps ready per network: an ADD takes two (index and address file)
 
 
 @dataclass(frozen=True)
@@ -146,61 +145,6 @@ def _thread_lock(path: str) -> threading.Lock:
         return _thread_locks.setdefault(path, threading.Lock())
 
 
-class SparePool:
-    """Empty files under `by-key/` that this process made after an earlier reply, for the next ADDs to take.
-
-    Creating a file allocates an inode, which can cost more than the rest of an IPAM ADD: ext4 without a journal
-    (this project's VMs) steps one by one over every inode freed in the last minutes (find_inode_bit ->
-    recently_deleted), 0.05-0.9 ms a file after a few hundred DELs. An ADD makes two files, the key's index and
-    the address file. With spares it hard-links an existing empty inode under each new name instead (link(2)
-    fails on an existing name, as O_EXCL does) and drops the spare's own name, and the node daemon makes new
-    spares after its reply (`cni.deferred`). Elsewhere nothing is made ahead: the process is about to exit.
-
-    A pool belongs to one process (forked serving processes each start their own: two processes linking one
-    spare would give two addresses one inode). Spares a killed daemon left are empty files GC removes; one that
-    GC removed under a live pool only makes that ADD create its file after all."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._names: list[str] = []
-        self._lock = threading.Lock()
-
-    def take(self) -> str | None:
-        with self._lock:
-            return self._names.pop() if self._names else None
-
-    def give_back(self, name: str) -> None:
-        with self._lock:
-            self._names.append(name)
-
-    def refill(self) -> None:
-        """Make spares up to SPARES_PER_NETWORK. Runs outside the lock: the names are this process's own (pid and
-        a random part, so a name a dead process of the same pid left is no obstacle)."""
-        for _ in range(4 * SPARES_PER_NETWORK):
-            with self._lock:
-                if len(self._names) >= SPARES_PER_NETWORK:
-                    return
-            name = f"{INDEX_DIR}/{SPARE_PREFIX}{os.getpid()}.{secrets.token_hex(4)}"
-            try:
-                fd = os.open(os.path.join(self.path, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                             0o644)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                log.debug("no spare file in %s: %s", self.path, exc)
-                return
-            os.close(fd)
-            self.give_back(name)
-
-
-_pools: dict[tuple[int, str], SparePool] = {}
-
-
-def _spare_pool(path: str) -> SparePool:
-    with _thread_locks_guard:
-        return _pools.setdefault((os.getpid(), path), SparePool(path))
-
-
 class ReservationStore:
     """The reservations of one network. Every operation runs inside `transaction()`."""
 
@@ -227,7 +171,7 @@ class ReservationStore:
                 lock_fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=dfd)
                 try:
                     self._flock(lock_fd, deadline)
-                    pool = _spare_pool(real_path) if deferred.active() else None
+                    pool = spare_pool(real_path, INDEX_DIR) if deferred.active() else None
                     txn = Transaction(dfd, self.path, pool)
                     txn.ensure_index()
                     yield txn

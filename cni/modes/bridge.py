@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from cni import macspoofchk
-from cni.errors import INTERNAL, CniError
+from cni.errors import INTERNAL, INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
 from cni.links import (
     add_address,
     addresses,
     attach_port,
     configure_iface,
-    del_link_quietly,
+    del_address,
+    del_link_by_name,
+    enable_forwarding,
     ensure_bridge,
     link_state,
     link_state_by_name,
@@ -27,25 +30,16 @@ from cni.links import (
     wait_oper_up,
     without_ipv6_link_local,
 )
-from cni.modes import (
-    Call,
-    announce,
-    check_container_iface,
-    container_result,
-    enable_forwarding,
-    families,
-    ipam_add,
-    ipam_check,
-    ipam_del,
-    ipam_release_quietly,
-    ipv6_link_local,
-    masquerade_add,
-    masquerade_del,
-    masquerade_del_quietly,
-    pod_ipv6_sysctls,
-    prev_container_iface,
-    remove_pod_link,
-)
+from cni.modes import Mode
+from cni.modes.announce import announce
+from cni.modes.call import Call, container_result, families
+from cni.modes.check import check_container_iface, prev_container_iface
+from cni.modes.ipam_calls import ipam_add, ipam_check, ipam_del, ipam_release
+from cni.modes.masquerade import masquerade_add, masquerade_del
+from cni.modes.pod_sysctls import ipv6_link_local, pod_ipv6_sysctls
+from cni.modes.retire import remove_pod_link
+from cni.modes.rollback import Rollback
+from cni.netconf import bool_key, int_key, link_name_key
 from cni.netns import host_netlink, netlink_in, run_in_netns
 from cni.result import Interface, IPConfig, Result, Route
 
@@ -56,40 +50,80 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class BridgeOptions:
+    bridge: str = "cni0"
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    force_address: bool = False
+    hairpin_mode: bool = False
+    promisc_mode: bool = False
+    vlan: int = 0
+    macspoofchk: bool = False
+    enable_dad: bool = False
+
+
+def parse_options(raw: Mapping[str, Any]) -> BridgeOptions:
+    """The reference bridge's keys that vnfio implements; the ones it does not are refused (code 2), not ignored."""
+    opts = BridgeOptions(
+        bridge=link_name_key(raw, "bridge", "cni0"),
+        is_gateway=bool_key(raw, "isGateway") or bool_key(raw, "isDefaultGateway"),
+        is_default_gateway=bool_key(raw, "isDefaultGateway"),
+        force_address=bool_key(raw, "forceAddress"),
+        hairpin_mode=bool_key(raw, "hairpinMode"),
+        promisc_mode=bool_key(raw, "promiscMode"),
+        vlan=int_key(raw, "vlan", 0, 4094),
+        macspoofchk=bool_key(raw, "macspoofchk"),
+        enable_dad=bool_key(raw, "enabledad"),
+    )
+    if opts.hairpin_mode and opts.promisc_mode:
+        raise CniError(INVALID_CONFIG, "hairpinMode: true cannot be combined with promiscMode: true")
+    if opts.vlan and opts.is_gateway:
+        raise CniError(UNSUPPORTED_FIELD, f"vlan: {opts.vlan} together with isGateway: true is not supported by vnfio")
+    for key in ("vlanTrunk", "portIsolation", "disableContainerInterface"):
+        if raw.get(key):
+            raise CniError(UNSUPPORTED_FIELD, f"{key}: {raw[key]!r} is not supported by vnfio")
+    return opts
+
+
+def _options(call: Call) -> BridgeOptions:
+    opts = call.conf.options
+    assert isinstance(opts, BridgeOptions)
+    return opts
+
+
 def cmd_add(call: Call) -> Result:
     req, conf = call.req, call.conf
-    opts = conf.bridge
+    opts = _options(call)
     assert call.netns_fd is not None
-    with host_netlink() as host, netlink_in(call.netns_fd) as pod:
+    with host_netlink() as host, netlink_in(call.netns_fd) as pod, \
+            Rollback(f"ADD {req.container_id}/{req.ifname}") as rollback:
         bridge = ensure_bridge(host, opts.bridge, conf.mtu, opts.promisc_mode, vlan_filtering=bool(opts.vlan))
         host_name = setup_veth(host, pod, call.netns_fd, req.ifname, conf.mtu, conf.mac)
-        try:
-            pod_link = link_state_by_name(pod, req.ifname)
-            if pod_link is None:
-                raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
-            attach_port(host, host_name, bridge.index, opts.hairpin_mode, opts.vlan,
-                        link_local=conf.ipv6_link_local is True)
-            ipam = ipam_add(call)
-            try:
-                result = _configure(call, host, pod, bridge.index, host_name, pod_link, ipam)
-                masquerade_add(call, ipam.ips)
-                if opts.macspoofchk:
-                    macspoofchk.setup(conf.name, req.container_id, req.ifname, host_name, result.interfaces[-1].mac)
-                announce(call, pod, pod_link.index, result.interfaces[-1].mac, result.ips)
-                return result
-            except BaseException:
-                _spoofchk_del_quietly(call)
-                masquerade_del_quietly(call)
-                ipam_release_quietly(call)
-                raise
-        except BaseException:
-            del_link_quietly(host, host_name)
-            raise
+        rollback.undo(f"delete veth {host_name}", del_link_by_name, host, host_name)  # the bridge itself stays
+        pod_link = link_state_by_name(pod, req.ifname)
+        if pod_link is None:
+            raise CniError(INTERNAL, f"veth {host_name}/{req.ifname} vanished right after creation")
+        attach_port(host, host_name, bridge.index, opts.hairpin_mode, opts.vlan,
+                    link_local=conf.ipv6_link_local is True)
+        ipam = ipam_add(call)
+        rollback.undo("release its IPAM reservation", ipam_release, call)
+        result = _configure(call, host, pod, bridge.index, host_name, pod_link, ipam)
+        # Both teardowns go by key, so each is registered before its step and also clears a half-made setup.
+        rollback.undo("remove its masquerade rules", masquerade_del, call)
+        masquerade_add(call, ipam.ips)
+        if opts.macspoofchk:
+            rollback.undo("remove its macspoofchk rule", macspoofchk.teardown, conf.name, req.container_id,
+                          req.ifname)
+            macspoofchk.setup(conf.name, req.container_id, req.ifname, host_name, result.interfaces[-1].mac)
+        announce(call, pod, pod_link.index, result.interfaces[-1].mac, result.ips)
+        rollback.commit()
+    return result
 
 
 def _configure(call: Call, host: Netlink, pod: Netlink, bridge: int, host_port: str, pod_state: Link,
                ipam: Result) -> Result:
-    req, opts = call.req, call.conf.bridge
+    req, opts = call.req, _options(call)
     if opts.is_gateway:
         # The reference `calcGateways`: an address without a gateway gets the first address of its subnet.
         ipam = replace(ipam, ips=tuple(
@@ -146,11 +180,11 @@ def _ensure_gateway_address(host: Netlink, bridge: int, ip: IPConfig, force: boo
             conflicts.append(have)
     for have in conflicts:
         if not force:
-            host.iproute.addr("del", index=bridge, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
+            del_address(host, bridge, str(wanted))
             name = link_state(host, bridge).name
             raise CniError(INTERNAL, f"bridge {name!r} already has an IP address {have} different from {wanted}"
                            " (set forceAddress to replace it)")
-        host.iproute.addr("del", index=bridge, address=str(have.ip), prefixlen=have.network.prefixlen)
+        del_address(host, bridge, str(have))
 
 
 def cmd_del(call: Call) -> None:
@@ -160,22 +194,14 @@ def cmd_del(call: Call) -> None:
             remove_pod_link(call, pod)
     ipam_del(call)
     masquerade_del(call)
-    if call.conf.bridge.macspoofchk:
+    if _options(call).macspoofchk:
         macspoofchk.teardown(call.conf.name, call.req.container_id, call.req.ifname)
-
-
-def _spoofchk_del_quietly(call: Call) -> None:
-    if call.conf.bridge.macspoofchk:
-        try:
-            macspoofchk.teardown(call.conf.name, call.req.container_id, call.req.ifname)
-        except Exception:
-            log.warning("rollback: could not remove the macspoofchk rule of %s", call.req.container_id, exc_info=True)
 
 
 def cmd_check(call: Call) -> None:
     prev, index = prev_container_iface(call)
     ipam_check(call)
-    opts = call.conf.bridge
+    opts = _options(call)
     assert call.netns_fd is not None
     with netlink_in(call.netns_fd) as pod:
         peer = check_container_iface(call, pod, prev, index, "veth").peer
@@ -200,3 +226,6 @@ def cmd_check(call: Call) -> None:
                         raise CniError(INTERNAL, f"CHECK: gateway address {wanted} missing on bridge {opts.bridge!r}")
     if opts.macspoofchk and not macspoofchk.present(call.conf.name, call.req.container_id, call.req.ifname):
         raise CniError(INTERNAL, f"CHECK: the macspoofchk rule of {call.req.ifname!r} is missing")
+
+
+MODE = Mode(parse_options=parse_options, add=cmd_add, delete=cmd_del, check=cmd_check)

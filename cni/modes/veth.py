@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from cni.errors import INTERNAL, INVALID_CONFIG, CniError
 from cni.links import (
@@ -16,7 +18,8 @@ from cni.links import (
     add_address,
     add_route,
     addresses,
-    del_link_quietly,
+    del_link_by_name,
+    enable_forwarding,
     link_index,
     link_state_by_name,
     route_exists,
@@ -24,25 +27,15 @@ from cni.links import (
     setup_veth,
     without_ipv6_link_local,
 )
-from cni.modes import (
-    Call,
-    announce,
-    check_container_iface,
-    container_result,
-    enable_forwarding,
-    families,
-    ipam_add,
-    ipam_check,
-    ipam_del,
-    ipam_release_quietly,
-    ipv6_link_local,
-    masquerade_add,
-    masquerade_del,
-    masquerade_del_quietly,
-    pod_ipv6_sysctls,
-    prev_container_iface,
-    remove_pod_link,
-)
+from cni.modes import Mode
+from cni.modes.announce import announce
+from cni.modes.call import Call, container_result, families
+from cni.modes.check import check_container_iface, prev_container_iface
+from cni.modes.ipam_calls import ipam_add, ipam_check, ipam_del, ipam_release
+from cni.modes.masquerade import masquerade_add, masquerade_del
+from cni.modes.pod_sysctls import ipv6_link_local, pod_ipv6_sysctls
+from cni.modes.retire import remove_pod_link
+from cni.modes.rollback import Rollback
 from cni.netns import host_netlink, netlink_in, run_in_netns, write_sysctl
 from cni.result import Interface, IPConfig, Result, family_gateways
 
@@ -52,31 +45,41 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class VethOptions:
+    """Mode veth has no keys of its own: the common ones (mtu, mac, ipMasq, ipam, dns) are all it takes."""
+
+
+def parse_options(raw: Mapping[str, Any]) -> VethOptions:
+    return VethOptions()
+
+
 def cmd_add(call: Call) -> Result:
     req, conf = call.req, call.conf
     assert call.netns_fd is not None
-    ipam = ipam_add(call)
-    try:
+    with host_netlink() as host, netlink_in(call.netns_fd) as pod, \
+            Rollback(f"ADD {req.container_id}/{req.ifname}") as rollback:
+        ipam = ipam_add(call)
+        rollback.undo("release its IPAM reservation", ipam_release, call)  # the first step: undone last
         for ip in ipam.ips:
             if not ip.gateway:
                 raise CniError(INVALID_CONFIG, f"mode veth: IPAM gave {ip.address} without a gateway")
         fams = families(ipam)
-        with host_netlink() as host, netlink_in(call.netns_fd) as pod:
-            if ipam.ips:
-                enable_forwarding(host, fams)
-            host_name = setup_veth(host, pod, call.netns_fd, req.ifname, conf.mtu, conf.mac)
-            try:
-                return _wire(call, host, pod, host_name, ipam, fams)
-            except BaseException:
-                masquerade_del_quietly(call)
-                del_link_quietly(host, host_name)
-                raise
-    except BaseException:
-        ipam_release_quietly(call)
-        raise
+        if ipam.ips:
+            enable_forwarding(host, fams)
+        host_name = setup_veth(host, pod, call.netns_fd, req.ifname, conf.mtu, conf.mac)
+        rollback.undo(f"delete veth {host_name}", del_link_by_name, host, host_name)
+        result, pod_link = _wire(call, host, pod, host_name, ipam, fams)
+        # Registered before the step: the teardown goes by key, so it also clears a half-made setup.
+        rollback.undo("remove its masquerade rules", masquerade_del, call)
+        masquerade_add(call, ipam.ips)
+        announce(call, pod, pod_link, result.interfaces[-1].mac, ipam.ips)  # last: nothing after it can fail
+        rollback.commit()
+    return result
 
 
-def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result, fams: set[int]) -> Result:
+def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result, fams: set[int]) -> tuple[Result, int]:
+    """Addresses, routes and links up on both ends; the result, and the pod end's ifindex."""
     req = call.req
     pod_state = link_state_by_name(pod, req.ifname)
     host_state = link_state_by_name(host, host_name)
@@ -102,7 +105,7 @@ def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result,
     gateways = family_gateways(ipam.ips)
     for route in ipam.routes:
         gw = route.gw or gateways.get(ipaddress.ip_network(route.dst).version, "")
-        add_route(pod, pod_link, route.dst, gw=gw, extra=route)
+        add_route(pod, pod_link, route.dst, gw=gw, extra=route, keep_existing=True)  # first one wins
     set_up(host, host_link)
     for ip in ipam.ips:
         pod_ip = ipaddress.ip_interface(ip.address)
@@ -113,9 +116,7 @@ def _wire(call: Call, host: Netlink, pod: Netlink, host_name: str, ipam: Result,
         Interface(name=host_name, mac=host_state.mac, mtu=host_state.mtu),
         Interface(name=req.ifname, mac=pod_state.mac, sandbox=req.netns, mtu=pod_state.mtu),
     ]
-    masquerade_add(call, ipam.ips)
-    announce(call, pod, pod_link, pod_state.mac, ipam.ips)  # last: nothing after it can fail and roll back
-    return container_result(call, ipam, interfaces)
+    return container_result(call, ipam, interfaces), pod_link
 
 
 def cmd_del(call: Call) -> None:
@@ -157,3 +158,6 @@ def _check_host_side(host: Netlink, host_link: int, name: str, ips: list[IPConfi
         # A kernel route lookup, not a dump of every host route: the host has one such route per pod.
         if not route_exists(host, f"{pod_ip.ip}/{bits}", host_link):
             raise CniError(INTERNAL, f"CHECK: host route to {pod_ip.ip}/{bits} via {name!r} missing")
+
+
+MODE = Mode(parse_options=parse_options, add=cmd_add, delete=cmd_del, check=cmd_check)

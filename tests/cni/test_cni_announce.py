@@ -325,7 +325,7 @@ def test_the_gratuitous_arp_waits_for_deferred_run(bridge_pair: Any) -> None:
     with deferred.collecting() as actions:
         code, out = execute(cni_env("ADD", "pod-b", b.path), json.dumps(conf).encode())
     mac, ip4 = _pod_identity(Outcome(code, out))
-    # the announcement, and the IPAM store's refill of its spare files (cni.ipam.store.SparePool)
+    # the announcement, and the IPAM store's refill of its spare files (cni.ipam.spares.SparePool)
     assert [a.__qualname__ for a in actions] == ["SparePool.refill", "announce.<locals>.send"]
     assert sniffer.gratuitous_from(mac, ip4, NO_ARP_WINDOW) is None, "pod B announced itself before run()"
     deferred.run(actions)

@@ -371,3 +371,33 @@ def test_enabledad_keeps_dad_on_and_waits_for_it(world: Scenario) -> None:
     assert ping(ns, added.json["ips"][1]["gateway"])
     assert run_vnfio(cni_env("DEL", "pod-a", ns.path), conf).code == 0
     assert_no_debris(world)
+
+
+def _bridge_id(bridge: str) -> str:
+    return Path(f"/sys/class/net/{bridge}/bridge/bridge_id").read_text().strip()
+
+
+def test_the_bridge_id_is_derived_from_the_pinned_bridge_mac(world: Scenario) -> None:
+    bridge = world.link_name("br")
+    conf = _conf(world, bridge, str(random_subnet()), isGateway=True)
+    a, b = world.netns(), world.netns()
+    ra = run_vnfio(cni_env("ADD", "pod-a", a.path), conf)
+    rb = run_vnfio(cni_env("ADD", "pod-b", b.path), conf)
+    assert ra.code == 0 and rb.code == 0, (ra.out, rb.out)
+    mac = Path(f"/sys/class/net/{bridge}/address").read_text().strip()
+    # as the reference's: priority 8000, then the bridge's own MAC (STP elects by it), which the ports left alone
+    assert _bridge_id(bridge) == "8000." + mac.replace(":", "")
+    assert Path(f"/sys/class/net/{bridge}/addr_assign_type").read_text().strip() == "3"
+    assert ra.json["interfaces"][0]["mac"] == rb.json["interfaces"][0]["mac"] == mac
+
+
+def test_a_bridge_pinned_before_it_had_ports_gets_its_bridge_id_on_the_next_add(world: Scenario) -> None:
+    bridge = world.link_name("br")
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    mac = Path(f"/sys/class/net/{bridge}/address").read_text().strip()
+    subprocess.run(["ip", "link", "set", bridge, "address", mac], check=True)  # what vnfio's ADD used to do
+    assert _bridge_id(bridge) == "8000.000000000000"
+    added = run_vnfio(cni_env("ADD", "pod-a", world.netns().path), _conf(world, bridge, str(random_subnet())))
+    assert added.code == 0, added.out
+    assert Path(f"/sys/class/net/{bridge}/address").read_text().strip() == mac
+    assert _bridge_id(bridge) == "8000." + mac.replace(":", "")

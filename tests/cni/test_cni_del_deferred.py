@@ -38,7 +38,7 @@ from cni_helpers import (
 )
 
 from cni import deferred
-from cni.modes import RETIRED_PREFIX
+from cni.modes.retire import RETIRED_PREFIX
 from cni.skel import execute
 
 MODES = ["bridge", "veth", "macvlan"]

@@ -160,17 +160,27 @@ def test_link_in_container_takes_the_default_route_link_of_the_pod(world: Scenar
     assert_no_debris(world)
 
 
-def test_a_route_the_pod_already_has_fails_the_add_and_rolls_back(world: Scenario, segment: Segment) -> None:
+def test_a_route_the_pod_already_has_is_kept_and_the_add_succeeds(world: Scenario, segment: Segment) -> None:
+    """The first one wins, as in the reference (a Multus pod's second attachment): the pod's default route stays,
+    CHECK accepts it, and DEL leaves it and its link alone."""
     ns = world.netns()
     ns.ip("link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1")
     for end in ("uplink0", "uplink1"):
         ns.ip("link", "set", end, "up")
     ns.ip("addr", "add", "192.0.2.2/24", "dev", "uplink0")
     ns.ip("route", "add", "default", "via", "192.0.2.1", "dev", "uplink0")
-    out = run_vnfio(cni_env("ADD", "pod-a", ns.path, ifname="net1"), _conf(world, segment))
-    assert out.code != 0
-    assert "0.0.0.0/0" in out.json["msg"]
+    conf = _conf(world, segment)
+    out = run_vnfio(cni_env("ADD", "pod-a", ns.path, ifname="net1"), conf)
+    assert out.code == 0, out.out
+    assert {"dst": "0.0.0.0/0"} in out.json["routes"]
+    defaults = [r for r in ns.routes() if r["dst"] == "default"]
+    assert [(r["gateway"], r["dev"]) for r in defaults] == [("192.0.2.1", "uplink0")]
+    assert out.json["ips"][0]["address"] in ns.addresses("net1")
+    checked = run_vnfio(cni_env("CHECK", "pod-a", ns.path, ifname="net1"), {**conf, "prevResult": out.json})
+    assert checked.code == 0, checked.out
+    assert run_vnfio(cni_env("DEL", "pod-a", ns.path, ifname="net1"), {**conf, "prevResult": out.json}).code == 0
     assert set(ns.links()) == {"lo", "uplink0", "uplink1"}
+    assert [(r["gateway"], r["dev"]) for r in ns.routes() if r["dst"] == "default"] == [("192.0.2.1", "uplink0")]
     assert_no_debris(world)
 
 

@@ -138,7 +138,8 @@ def test_an_unsupported_config_version_is_code_1_listing_the_supported(world: Sc
 @pytest.mark.parametrize(
     ("extra", "code", "named"),
     [
-        ({"mode": "ipvlan"}, 2, "mode"),
+        ({"mode": "ipvlan"}, 7, "mode"),
+        ({"mode": "bogus"}, 7, "mode"),
         ({"mode": None}, 7, "mode"),
         ({"name": ""}, 7, "name"),
         ({"name": "bad/name"}, 7, "name"),
@@ -154,7 +155,10 @@ def test_an_unsupported_config_version_is_code_1_listing_the_supported(world: Sc
         ({"mode": "bridge", "isGateway": "yes"}, 7, "isGateway"),
         ({"mode": "bridge", "macspoofchk": 1}, 7, "macspoofchk"),
         ({"mode": "bridge", "bridge": "a-bridge-name-too-long"}, 7, "bridge"),
-        ({"mode": "macvlan", "macvlanMode": "source"}, 2, "macvlanMode"),
+        ({"mode": "macvlan", "macvlanMode": "source"}, 7, "macvlanMode"),
+        ({"mode": "macvlan", "macvlanMode": "bogus"}, 7, "macvlanMode"),
+        ({"ipMasq": True, "ipMasqBackend": "bogus"}, 7, "ipMasqBackend"),
+        ({"mode": "bridge", "vlanTrunk": [{"id": 5}]}, 2, "vlanTrunk"),
         ({"prevResult": {"ips": [{"address": "not-an-ip"}]}}, 6, "prevResult"),
     ],
 )

@@ -1,4 +1,4 @@
-"""The store's spare files (`cni.ipam.store.SparePool`): made after the node daemon's reply, taken by the next
+"""The store's spare files (`cni.ipam.spares.SparePool`): made after the node daemon's reply, taken by the next
 ADDs as their index and address files, invisible to anything that reads reservations, and never shared between
 processes. Asserted on the files themselves (names, inode numbers, contents)."""
 
@@ -12,7 +12,8 @@ from ipam_helpers import held, request
 
 from cni import deferred
 from cni.ipam import ipam_add, ipam_del, ipam_gc
-from cni.ipam.store import SPARE_PREFIX, SPARES_PER_NETWORK, _spare_pool
+from cni.ipam.spares import SPARE_PREFIX, SPARES_PER_NETWORK, spare_pool
+from cni.ipam.store import INDEX_DIR
 
 
 def spares(data_dir: Path) -> dict[str, int]:
@@ -99,10 +100,10 @@ def test_a_spare_gc_removed_only_makes_the_add_create_its_file(tmp_path: Path) -
 def test_a_forked_process_starts_with_a_pool_of_its_own(tmp_path: Path) -> None:
     add_as_daemon(tmp_path, "a")
     path = os.path.realpath(tmp_path / "net1")
-    assert _spare_pool(path).take() is not None, "the parent's pool holds spares"
+    assert spare_pool(path, INDEX_DIR).take() is not None, "the parent's pool holds spares"
     pid = os.fork()
     if pid == 0:  # two processes linking one spare would give two addresses one inode
-        os._exit(0 if _spare_pool(path).take() is None else 1)
+        os._exit(0 if spare_pool(path, INDEX_DIR).take() is None else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child saw its parent's spares"
 
@@ -126,11 +127,13 @@ from crashpoint import arm
 from ipam_helpers import request
 from cni import deferred
 from cni.ipam import ipam_add
-from cni.ipam.store import _spare_pool
+from cni.ipam.spares import spare_pool
+from cni.ipam.store import INDEX_DIR
 
 data_dir, kill_at = Path(sys.argv[2]), int(sys.argv[3])
 req = request(data_dir, "victim", ranges=[[{"subnet": "10.93.0.0/24"}], [{"subnet": "fd93::/120"}]])
-_spare_pool(os.path.realpath(data_dir / "net1")).refill()  # this process's spares, as a serving daemon has them
+# this process's spares, as a serving daemon has them
+spare_pool(os.path.realpath(data_dir / "net1"), INDEX_DIR).refill()
 arm(kill_at)
 with deferred.collecting():
     ipam_add(req)
