@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from cni_helpers import Scenario
+from cni_helpers import Scenario, build_cni_bin
 
 from deviceplugin.sampleboard import SampleBoard, build_sample_board
 
@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from kubelet_stub import KubeletStub
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cni_bin() -> Path:
+    """build/cni-bin (the static `vnfio` and `vnfio-inproc`), brought up to date once per run: the CNI tests exec
+    them the way a runtime does. `make test` has built them already; `python -m pytest` alone builds them here."""
+    return build_cni_bin()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from cni_helpers import (
     BIN,
+    VNFIO,
     CniDaemonProcess,
     Netns,
     Outcome,
@@ -49,7 +50,7 @@ def daemon(socket_dir: Path) -> Iterator[CniDaemonProcess]:
 def vnfio(env: Mapping[str, str], conf: Mapping[str, Any], socket_path: Path, **extra: str) -> Outcome:
     """Exec the installed `vnfio` like a runtime: env, config on stdin, result on stdout."""
     proc = subprocess.run(
-        [str(BIN / "vnfio")],
+        [str(VNFIO)],
         input=json.dumps(conf).encode(),
         env={**env, "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: str(socket_path), **extra},
         capture_output=True,
@@ -284,7 +285,7 @@ def test_the_daemon_uses_the_passed_fd_and_never_the_netns_path(world: Scenario,
     try:
         script = (
             f"mount -t tmpfs none {private_dir} && touch {private_path} && "
-            f"mount --bind {ns.path} {private_path} && exec {BIN / 'vnfio'}"
+            f"mount --bind {ns.path} {private_path} && exec {VNFIO}"
         )
 
         def run(command: str, stdin_conf: dict[str, Any]) -> Outcome:
