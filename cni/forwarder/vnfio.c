@@ -425,11 +425,11 @@ static int open_netns(const char *path, int *fd, const char **why)
         return errno == ENOENT ? NETNS_GONE : NETNS_BAD;
     }
     if (fstatfs(*fd, &fs) != 0 || fs.f_type != NSFS_MAGIC || ioctl(*fd, NS_GET_NSTYPE) != NEWNET)
-        return close(*fd), NETNS_BAD;
+        return close(*fd), *fd = -1, NETNS_BAD;
     if (fstat(*fd, &st) == 0 && stat("/proc/self/ns/net", &own) == 0 && st.st_dev == own.st_dev &&
         st.st_ino == own.st_ino) {
         *why = format("netns %s is the plugin's own network namespace", repr(path));
-        return close(*fd), NETNS_BAD;
+        return close(*fd), *fd = -1, NETNS_BAD;
     }
     return NETNS_OPEN;
 }
