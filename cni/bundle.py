@@ -41,6 +41,10 @@ SHEBANG_LIMIT = 128  # bytes of the #! line a kernel reads whole (BINPRM_BUF_SIZ
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # reproducible archives: the same sources give the same bytes
 _BOOTSTRAP = "import sys;p=sys.argv[1];f=open(p,'rb');f.seek({offset});exec(f.read({size}))"
 _STAGE2 = """import marshal
+if sys.version_info < (3, 11):
+    sys.stdout.write('{{"cniVersion": "1.1.0", "code": 11, "msg": "' + p + ' needs python3 >= 3.11, this is '
+                     + sys.version.split()[0] + ': try again once vnfio-cni-daemon runs"}}\\n')
+    sys.exit(1)
 if sys.implementation.cache_tag == {tag!r}:
     f.seek({code_at})
     exec(marshal.loads(f.read({code_size})))
@@ -57,7 +61,7 @@ def _bundle_main(archive):
     command = posix.environ.get(b"CNI_COMMAND", b"").decode(errors="replace")
     sys.argv = [archive, *sys.argv[2:]]
     if command in FORWARDED and not any(arg in ("-h", "--help") for arg in sys.argv[1:]):
-        return run(command, archive)
+        return run(command, archive, forward_first="--in-process" not in sys.argv[1:])
     sys.path.insert(0, archive)
     from cni.main import main
 

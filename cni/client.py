@@ -152,7 +152,8 @@ def _open_netns(path: bytes | None) -> tuple[int | None, bool]:
     if not path:
         return None, True
     try:
-        return posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC), True
+        # O_NONBLOCK: a FIFO named as the netns must not hang us; the skeleton then says it is no netns.
+        return posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK | posix.O_NOCTTY), True
     except FileNotFoundError:
         return None, True
     except OSError:
@@ -181,10 +182,12 @@ def _try_again(message: str, stdin: bytes) -> bytes:
     return (json.dumps({"cniVersion": version, "code": TRY_AGAIN, "msg": message}) + "\n").encode()
 
 
-def run(command: str, archive: str | None = None) -> int:
+def run(command: str, archive: str | None = None, forward_first: bool = True) -> int:
     """Serve one forwarded command (ADD, DEL, CHECK, GC, STATUS) end to end; the process exit code.
 
-    `archive` is the bundled executable's own path, put on sys.path only if we fall back.
+    `archive` is the bundled executable's own path, put on sys.path only if we fall back. `forward_first` is False
+    when the static `vnfio` execs us (`vnfio-inproc --in-process`) because no daemon took the request: asking the
+    daemon again would only add a second timeout.
     """
     environ = posix.environ
     stdin = _read_stdin()
@@ -196,6 +199,8 @@ def run(command: str, archive: str | None = None) -> int:
         except ValueError:
             timeout = DEFAULT_TIMEOUT
         try:
+            if not forward_first:
+                raise NotForwarded("handed over by the static vnfio: no daemon took the request")
             if not forwardable:
                 raise NotForwarded("CNI_NETNS exists but cannot be opened here")
             code, out = forward(environ, stdin, netns_fd, socket_path, timeout)

@@ -1,9 +1,16 @@
-"""Install the `vnfio` CNI executable on a node: copy, prove the host can run it, then rename into place.
+"""Install the `vnfio` CNI executable on a node: copy, prove it runs, then rename into place.
 
-The CNI DaemonSet's init container runs this. The executable must run on the host, where only the host's own
-`python3` exists, so the check execs the freshly copied file *as the host would* (chrooted into the host root
-when the host's `/` is mounted elsewhere) before it becomes visible under its real name. A runtime therefore
-never sees a half-written or unrunnable `/opt/cni/bin/vnfio`, and a failed check leaves nothing behind.
+The CNI DaemonSet's init container runs this with the host's `/opt/cni/bin` mounted at the same path, and nothing
+else of the host. The node's `vnfio` is a static executable (`make cni-bin`, one per architecture) that runs on
+any Linux kernel, so the check runs it right here (`CNI_COMMAND=VERSION`) before it becomes visible under its
+real name: a runtime never sees a half-written or unrunnable `/opt/cni/bin/vnfio`, and a failed check leaves
+nothing behind.
+
+`vnfio-inproc`, the Python fallback the static executable hands a request to when no daemon takes it, needs the
+host's python3 (>= 3.11), which this container cannot run without mounting the host's root. So it is checked
+here with our own interpreter (is the file whole?) and installed beside `vnfio`; whether the host can run it is
+decided where it matters, at fallback time: no interpreter at its #! path is an execve failure the static
+executable answers with CNI error 11 (try again), and an interpreter older than 3.11 answers 11 itself.
 """
 
 from __future__ import annotations
@@ -12,18 +19,21 @@ import argparse
 import json
 import logging
 import os
+import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-CHECK_TIMEOUT = 30.0  # seconds; a cold host page cache on a slow ARM board can take a while to start Python
+CHECK_TIMEOUT = 30.0  # seconds; a cold page cache on a slow ARM board can take a while to start Python
 # What a container runtime gives a plugin: a plain PATH and the CNI variables, nothing from our image.
 _HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INPROC = "vnfio-inproc"  # the name the static executable looks for beside itself
+_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
 class InstallError(Exception):
@@ -31,32 +41,29 @@ class InstallError(Exception):
 
 
 @dataclass(frozen=True)
-class HostCheck:
-    """One successful `CNI_COMMAND=VERSION` run of the installed file on the host."""
+class Check:
+    """One successful `CNI_COMMAND=VERSION` run of a freshly copied file."""
 
-    how: str  # "shebang" or the interpreter command line
+    how: str  # what ran it: "itself" (the static executable) or our interpreter's command line
     cni_version: str
     supported_versions: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Installed:
-    executable: Path  # host path
-    checks: tuple[HostCheck, ...]
-    conflist: Path | None  # host path, when one was installed
+    executable: Path
+    checks: tuple[Check, ...]
+    inproc: Path | None  # the Python fallback, when it was installed
+    conflist: Path | None  # when one was installed
 
 
-def _under_root(host_root: Path, host_path: Path) -> Path:
-    """Where a host path is visible from here: under `host_root` when the host's `/` is mounted elsewhere."""
-    if not host_path.is_absolute():
-        raise InstallError(f"{host_path} must be an absolute path on the host")
-    return host_root / host_path.relative_to("/")
-
-
-def _shebang(path: Path) -> str:
-    with path.open("rb") as handle:
-        first = handle.readline(256)
-    return first[2:].strip().decode(errors="replace") if first.startswith(b"#!") else ""
+def node_arch(machine: str | None = None) -> str:
+    """The Go-style name (amd64, arm64) of this machine's architecture, which is the node's: the init container runs
+    there, from the image built for the node's platform."""
+    machine = machine or platform.machine()
+    if machine not in _ARCHES:
+        raise InstallError(f"no vnfio build for machine type {machine!r} (there are: amd64, arm64)")
+    return _ARCHES[machine]
 
 
 def _write_temp(directory: Path, data: bytes, mode: int, prefix: str) -> Path:
@@ -84,14 +91,8 @@ def _rename_into_place(temp: Path, final: Path) -> None:
         os.close(dir_fd)
 
 
-def _run_on_host(argv: list[str], host_root: Path, how: str, interpreter: str) -> HostCheck:
-    """Exec `argv` (host paths) as the host would, with `CNI_COMMAND=VERSION`, and parse its answer."""
-
-    def enter_host_root() -> None:  # runs in the child between fork and exec
-        os.chroot(host_root)
-        os.chdir("/")
-
-    chrooted = host_root.resolve() != Path("/")
+def _check(argv: list[str], how: str) -> Check:
+    """Exec `argv` with `CNI_COMMAND=VERSION` and a runtime's bare environment, and parse its answer."""
     try:
         done = subprocess.run(
             argv,
@@ -99,41 +100,52 @@ def _run_on_host(argv: list[str], host_root: Path, how: str, interpreter: str) -
             capture_output=True,
             env={"CNI_COMMAND": "VERSION", "PATH": _HOST_PATH},
             timeout=CHECK_TIMEOUT,
-            preexec_fn=enter_host_root if chrooted else None,  # fork+preexec is safe: the installer runs no threads
             check=False,
         )
-    except FileNotFoundError as exc:
-        raise InstallError(f"the host cannot run it ({how}): {exc.strerror}; is {interpreter} there?") from exc
     except OSError as exc:
-        raise InstallError(f"the host cannot run it ({how}): {exc}") from exc
+        raise InstallError(f"it cannot run ({how}): {exc}") from exc
     except subprocess.TimeoutExpired as exc:
-        raise InstallError(f"the host cannot run it ({how}): no answer within {CHECK_TIMEOUT:.0f} s") from exc
-    except subprocess.SubprocessError as exc:  # what a failed chroot in the child turns into
-        raise InstallError(f"cannot enter the host root {host_root} to check it (chroot needs CAP_SYS_CHROOT)") from exc
+        raise InstallError(f"it cannot run ({how}): no answer within {CHECK_TIMEOUT:.0f} s") from exc
     stderr = done.stderr.decode(errors="replace").strip()[-2000:]
     if done.returncode != 0:
-        raise InstallError(f"the host cannot run it ({how}): exit status {done.returncode}: {stderr or '(no output)'}")
+        raise InstallError(f"it cannot run ({how}): exit status {done.returncode}: {stderr or '(no output)'}")
     try:
         answer = json.loads(done.stdout)
         cni_version = answer["cniVersion"]
         supported = tuple(answer["supportedVersions"])
     except (ValueError, KeyError, TypeError) as exc:
         shown = done.stdout.decode(errors="replace").strip()[:500]
-        raise InstallError(f"the host ran it ({how}) but VERSION did not answer CNI JSON: {shown!r}") from exc
+        raise InstallError(f"it ran ({how}) but VERSION did not answer CNI JSON: {shown!r}") from exc
     if not isinstance(cni_version, str) or not supported or not all(isinstance(v, str) for v in supported):
-        raise InstallError(f"the host ran it ({how}) but VERSION answered {answer!r}")
-    return HostCheck(how=how, cni_version=cni_version, supported_versions=supported)
+        raise InstallError(f"it ran ({how}) but VERSION answered {answer!r}")
+    return Check(how=how, cni_version=cni_version, supported_versions=supported)
 
 
-def _check_on_host(temp_host_path: Path, host_root: Path, host_python: Path | None, shebang: str) -> list[HostCheck]:
-    if not shebang:
-        raise InstallError("it has no '#!' line, so the host's runtime cannot exec it")
-    interpreter = shebang.split()[0]
-    checks = [_run_on_host([str(temp_host_path)], host_root, f"via its #! line, {interpreter}", interpreter)]
-    if host_python is not None:
-        argv = [str(host_python), "-I", str(temp_host_path)]
-        checks.append(_run_on_host(argv, host_root, f"{host_python} -I", str(host_python)))
-    return checks
+def _install_file(source: Path, bin_dir: Path, name: str, argv_for: Callable[[Path], list[str]], how: str) -> Check:
+    """Copy `source` to a hidden temporary in `bin_dir`, check it by running it, then rename it to `name`."""
+    target = bin_dir / name
+    try:
+        payload = source.read_bytes()
+    except OSError as exc:
+        raise InstallError(f"not installing {target}: cannot read {source}: {exc.strerror}") from exc
+    try:
+        temp = _write_temp(bin_dir, payload, 0o755, prefix=f".{name}-")
+    except OSError as exc:
+        raise InstallError(f"not installing {target}: cannot write to {bin_dir}: {exc.strerror}") from exc
+    try:
+        check = _check(argv_for(temp), how)
+        _rename_into_place(temp, target)
+    except InstallError as exc:
+        temp.unlink(missing_ok=True)
+        raise InstallError(f"not installing {target}: {exc}") from exc
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise InstallError(f"not installing {target}: {exc}") from exc
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    logger.info("installed %s", target)
+    return check
 
 
 def _read_conflist(path: Path) -> bytes:
@@ -156,70 +168,62 @@ def _read_conflist(path: Path) -> bytes:
 
 
 def install(
-    bundle: Path,
+    cni_bin: Path,
     cni_bin_dir: Path,
     *,
     name: str = "vnfio",
-    host_root: Path = Path("/"),
-    host_python: Path | None = None,
+    arch: str | None = None,
+    inproc: bool = True,
     conflist: Path | None = None,
     cni_conf_dir: Path | None = None,
 ) -> Installed:
-    """Install `bundle` as `<cni_bin_dir>/<name>` (and `conflist` into `cni_conf_dir`); host paths throughout."""
-    if "/" in name or name in ("", ".", ".."):
-        raise InstallError(f"executable name {name!r} must be a plain file name")
-    try:
-        payload = bundle.read_bytes()
-    except OSError as exc:
-        raise InstallError(f"cannot read the CNI executable {bundle}: {exc.strerror}") from exc
-    bin_dir = _under_root(host_root, cni_bin_dir)
-    if not bin_dir.is_dir():
-        raise InstallError(f"CNI bin dir {cni_bin_dir} does not exist (looked at {bin_dir})")
-    conf: tuple[bytes, Path, Path] | None = None  # (contents, dir seen from here, host path of the file)
+    """Install `<cni_bin>/linux-<arch>/vnfio` as `<cni_bin_dir>/<name>`, `<cni_bin>/vnfio-inproc` beside it (unless
+    `inproc` is False), and `conflist` into `cni_conf_dir`."""
+    if "/" in name or name in ("", ".", "..", INPROC):
+        raise InstallError(f"executable name {name!r} must be a plain file name other than {INPROC}")
+    static = cni_bin / f"linux-{arch or node_arch()}" / "vnfio"
+    if not static.is_file():
+        raise InstallError(f"cannot read the CNI executable {static}: no such file (`make cni-bin` builds it)")
+    if not cni_bin_dir.is_dir():
+        raise InstallError(f"CNI bin dir {cni_bin_dir} does not exist")
+    conf: tuple[bytes, Path] | None = None
     if conflist is not None:
         if cni_conf_dir is None:
             raise InstallError("--conflist needs --cni-conf-dir")
-        conf_dir = _under_root(host_root, cni_conf_dir)
-        if not conf_dir.is_dir():
-            raise InstallError(f"CNI config dir {cni_conf_dir} does not exist (looked at {conf_dir})")
-        conf = (_read_conflist(conflist), conf_dir, cni_conf_dir / conflist.name)
+        if not cni_conf_dir.is_dir():
+            raise InstallError(f"CNI config dir {cni_conf_dir} does not exist")
+        conf = (_read_conflist(conflist), cni_conf_dir / conflist.name)
 
-    target = cni_bin_dir / name
-    try:
-        temp = _write_temp(bin_dir, payload, 0o755, prefix=f".{name}-")
-    except OSError as exc:
-        raise InstallError(f"not installing {target}: cannot write to {cni_bin_dir}: {exc.strerror}") from exc
-    try:
-        checks = _check_on_host(cni_bin_dir / temp.name, host_root, host_python, _shebang(temp))
-        _rename_into_place(temp, bin_dir / name)
-    except InstallError as exc:
-        temp.unlink(missing_ok=True)
-        raise InstallError(f"not installing {target}: {exc}") from exc
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise InstallError(f"not installing {target}: {exc}") from exc
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    logger.info("installed %s", target)
+    checks = []
+    installed_inproc = None
+    if inproc:
+        # First, so the fallback is in place by the time a runtime can exec the new vnfio. Our interpreter proves
+        # the file is whole; the host's runs it only at fallback time (see the module docstring).
+        checks.append(_install_file(cni_bin / INPROC, cni_bin_dir, INPROC,
+                                    lambda temp: [sys.executable, "-I", str(temp)], f"{sys.executable} -I"))
+        installed_inproc = cni_bin_dir / INPROC
+    else:
+        (cni_bin_dir / INPROC).unlink(missing_ok=True)  # an older one would be handed requests for a newer daemon
+    checks.append(_install_file(static, cni_bin_dir, name, lambda temp: [str(temp)], "itself"))
 
     installed_conf = None
     if conf is not None:
         # Only after the executable is in place: a runtime that sees the conflist must find the plugin.
-        data, conf_dir, installed_conf = conf
+        data, installed_conf = conf
         try:
-            conf_temp = _write_temp(conf_dir, data, 0o644, prefix=f".{installed_conf.name}-")
+            conf_temp = _write_temp(installed_conf.parent, data, 0o644, prefix=f".{installed_conf.name}-")
         except OSError as exc:
             raise InstallError(f"not installing {installed_conf}: {exc.strerror}") from exc
         try:
-            _rename_into_place(conf_temp, conf_dir / installed_conf.name)
+            _rename_into_place(conf_temp, installed_conf)
         except BaseException as exc:
             conf_temp.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise InstallError(f"not installing {installed_conf}: {exc}") from exc
             raise
         logger.info("installed %s", installed_conf)
-    return Installed(executable=target, checks=tuple(checks), conflist=installed_conf)
+    return Installed(executable=cni_bin_dir / name, checks=tuple(checks), inproc=installed_inproc,
+                     conflist=installed_conf)
 
 
 def _optional_path(value: str) -> Path | None:
@@ -230,26 +234,20 @@ def _optional_path(value: str) -> Path | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cni.install",
-        description="Install the vnfio CNI executable into the host's CNI bin dir: copy it under a temporary "
-        "name, check that the host can run it (CNI_COMMAND=VERSION), then rename it into place.",
+        description="Install the vnfio CNI executable into the node's CNI bin dir (mounted at the same path): copy "
+        "it under a temporary name, run it (CNI_COMMAND=VERSION), then rename it into place; the same for the "
+        "Python fallback vnfio-inproc beside it.",
     )
-    parser.add_argument("--bundle", type=Path, required=True, help="the self-contained vnfio executable to install")
     parser.add_argument(
-        "--cni-bin-dir", type=Path, default=Path("/opt/cni/bin"), help="host path (default: %(default)s)"
+        "--cni-bin", type=Path, required=True,
+        help="what `make cni-bin` wrote: linux-<arch>/vnfio per architecture, and vnfio-inproc",
     )
+    parser.add_argument("--cni-bin-dir", type=Path, default=Path("/opt/cni/bin"), help="(default: %(default)s)")
     parser.add_argument("--name", default="vnfio", help="file name in the bin dir, i.e. the CNI type (default: vnfio)")
+    parser.add_argument("--arch", default=None, help="amd64 or arm64 (default: this machine's)")
     parser.add_argument(
-        "--host-root",
-        type=Path,
-        default=Path("/"),
-        help="where the host's / is mounted; the check runs chrooted there (default: /, i.e. we are on the host)",
-    )
-    parser.add_argument(
-        "--host-python",
-        type=_optional_path,
-        default=None,
-        help="also check with this host interpreter run as `PYTHON -I FILE` (host path, e.g. /usr/bin/python3; "
-        "an empty value means: only via the shebang)",
+        "--no-inproc", dest="inproc", action="store_false",
+        help=f"do not install the Python fallback {INPROC} (and remove an older one)",
     )
     parser.add_argument(
         "--conflist",
@@ -257,9 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also install this conflist into --cni-conf-dir (an empty value means: do not)",
     )
-    parser.add_argument(
-        "--cni-conf-dir", type=Path, default=Path("/etc/cni/net.d"), help="host path (default: %(default)s)"
-    )
+    parser.add_argument("--cni-conf-dir", type=Path, default=Path("/etc/cni/net.d"), help="(default: %(default)s)")
     return parser
 
 
@@ -268,11 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         done = install(
-            args.bundle,
+            args.cni_bin,
             args.cni_bin_dir,
             name=args.name,
-            host_root=args.host_root,
-            host_python=args.host_python,
+            arch=args.arch,
+            inproc=args.inproc,
             conflist=args.conflist,
             cni_conf_dir=args.cni_conf_dir if args.conflist is not None else None,
         )
@@ -280,9 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vnfio-install: error: {exc}", file=sys.stderr)
         return 1
     for check in done.checks:
-        logger.info(
-            "host check %s: CNI %s, supports %s", check.how, check.cni_version, ", ".join(check.supported_versions)
-        )
+        versions = ", ".join(check.supported_versions)
+        logger.info("check (%s): CNI %s, supports %s", check.how, check.cni_version, versions)
     if done.conflist is None:
         logger.info("no conflist installed (pass --conflist to install one)")
     return 0

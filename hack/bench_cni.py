@@ -2,7 +2,8 @@
 """Side-by-side CNI benchmark: vnfio (through the node daemon, and in-process) against Debian's Go reference plugins.
 
 Every figure is the wall time of one plugin exec, from Popen to exit, as a runtime sees it. Our exec path is the
-bundled host executable (`python -m cni.bundle`, run by the host's python3), as installed in /opt/cni/bin.
+node's executable as installed in /opt/cni/bin: the static forwarder (`make cni-bin`) with vnfio-inproc beside it,
+or with `--executable python` the Python one (`python -m cni.bundle`, run by the host's python3).
 Per mode, the reference and vnfio get identical subnets and options, each on its own bridge / master / dataDir:
 
     bridge   reference `bridge` isGateway + host-local   vs  vnfio mode bridge isGateway + host-local
@@ -23,6 +24,7 @@ left). Everything made here is removed at the end, also on Ctrl-C or SIGTERM.
 
     sudo .venv/bin/python hack/bench_cni.py                # N=500 pods, P=8 workers, all modes
     sudo .venv/bin/python hack/bench_cni.py --quick        # smoke run: N=20, P=4
+    sudo .venv/bin/python hack/bench_cni.py --executable python   # today's Python executable instead
 """
 
 from __future__ import annotations
@@ -412,12 +414,12 @@ def growth(phase: Phase, window: int = 50) -> float | None:
     return statistics.median(lat[-window:]) / statistics.median(lat[:window])
 
 
-def floor(argv: list[str], count: int = 30) -> float:
+def floor(argv: list[str], env: dict[str, str] | None = None, count: int = 30) -> float:
     times = []
     for _ in range(count):
         t0 = time.perf_counter()
         subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env={"PATH": HOST_PATH}, check=False)
+                       env={"PATH": HOST_PATH, **(env or {})}, check=False)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
@@ -513,11 +515,22 @@ def pick_subnet(used: set[int]) -> ipaddress.IPv4Network:
             return ipaddress.ip_network(f"10.{second}.0.0/16")
 
 
-def build_bundle(machine: Machine, python: str) -> Path:
+def build_bundle(machine: Machine, python: str, executable: str = "static") -> Path:
+    """Our node executable in a bin dir of its own, as the installer lays it out: the static forwarder with
+    vnfio-inproc beside it (built by `make cni-bin` for `python`), or the Python bundle alone."""
     sys.path.insert(0, str(REPO))
     from cni import bundle
 
-    return bundle.write(machine.temp_dir("bin") / "vnfio", python=python)
+    bin_dir = machine.temp_dir("bin")
+    if executable == "python":
+        return bundle.write(bin_dir / "vnfio", python=python)
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "cni-bin", f"CNI_PY={sys.executable}",
+                           "CNI_DEPS=", f"HOST_PYTHON={python}"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"make cni-bin failed: {done.stderr[-2000:]}")
+    for name in ("vnfio", "vnfio-inproc"):
+        shutil.copy2(REPO / "build" / "cni-bin" / name, bin_dir / name)
+    return bin_dir / "vnfio"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -540,6 +553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     host_python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     parser.add_argument("--python", default=host_python,
                         help="the host python3 the bundled executable runs with (default: %(default)s)")
+    parser.add_argument("--executable", choices=("static", "python"), default="static",
+                        help="our executable: the static forwarder (default) or the Python bundle")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 pods, 4 workers, 5 in-process pods")
     args = parser.parse_args(argv)
     for key, normal, quick in (("pods", 500, 20), ("workers", 8, 4), ("in_process_pods", 20, 5)):
@@ -561,11 +576,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines: list[str] = []
     try:
         with interruptible():
-            bundle_path = build_bundle(machine, args.python)
+            bundle_path = build_bundle(machine, args.python, args.executable)
             sock = start_daemon(machine, args.daemon_workers, args.daemon_processes)
             lines.append(f"vnfio CNI benchmark: N={args.pods} pods per mode, P={args.workers} workers, "
-                         f"{os.cpu_count()} CPUs, kernel {os.uname().release}, bundle #!{args.python}")
+                         f"{os.cpu_count()} CPUs, kernel {os.uname().release}, {args.executable} executable, "
+                         f"fallback #!{args.python}")
             floors = [f"/bin/true {floor(['/bin/true']):.2f}",
+                      f"our executable, VERSION {floor([str(bundle_path)], {'CNI_COMMAND': 'VERSION'}):.2f}",
                       f"{args.python} -I -S -c pass {floor([args.python, '-I', '-S', '-c', 'pass']):.2f}"]
             if have_reference:
                 floors.append(f"Go plugin start (no command) {floor([str(REFERENCE_DIR / 'bridge')]):.2f}")

@@ -29,7 +29,11 @@ from typing import Any, TypeVar
 from cni import client
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent  # the installed console scripts: vnfio, vnfio-cni-daemon
+BIN = Path(sys.executable).parent  # the installed console scripts: vnfio (the Python one), vnfio-cni-daemon
+CNI_BIN = REPO / "build" / "cni-bin"  # what `make cni-bin` writes
+VNFIO = CNI_BIN / "vnfio"  # the node's executable: the static forwarder, vnfio-inproc beside it as the fallback
+# The executables a runtime may exec, for tests that hold for both: the static one, and the Python start-up path.
+EXECUTABLES = {"static": VNFIO, "python": BIN / "vnfio"}
 REFERENCE_DIR = Path("/usr/lib/cni")
 T = TypeVar("T")
 N = TypeVar("N", ipaddress.IPv4Network, ipaddress.IPv6Network)
@@ -66,6 +70,16 @@ def random_subnet6() -> ipaddress.IPv6Network:
     return _fresh(
         lambda: ipaddress.ip_network(f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::/64")
     )
+
+
+def build_cni_bin() -> Path:
+    """`make cni-bin` with this interpreter (a no-op when up to date), so `python -m pytest` alone finds the static
+    executable and its fallback beside it, built from the sources under test; the directory."""
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "cni-bin", f"CNI_PY={sys.executable}",
+                           "CNI_DEPS="], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"make cni-bin failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+    return CNI_BIN
 
 
 # --- network namespaces ----------------------------------------------------------------------------------------
@@ -229,7 +243,8 @@ def cni_env(
 
 
 def run_vnfio(env: Mapping[str, str], conf: Mapping[str, Any] | bytes, in_process: bool = True) -> Outcome:
-    """Run vnfio: in-process through `cni.skel.execute`, or as the `vnfio` executable in a subprocess."""
+    """Run vnfio: in-process through `cni.skel.execute`, or as the node's static `vnfio` in a subprocess with no
+    daemon at its socket (so it hands the request to `vnfio-inproc`, the Python fallback beside it)."""
     stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
     if in_process:
         from cni.skel import execute
@@ -237,9 +252,9 @@ def run_vnfio(env: Mapping[str, str], conf: Mapping[str, Any] | bytes, in_proces
         code, out = execute(dict(env), stdin)
         return Outcome(code, out)
     proc = subprocess.run(
-        [sys.executable, "-m", "cni.main"],
+        [str(VNFIO)],
         input=stdin,
-        env={**env, "PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)},
+        env={**env, "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: "/nonexistent/vnfio-cni.sock"},
         capture_output=True,
         check=False,
     )
@@ -362,9 +377,9 @@ class CniDaemonProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else self._last_log
 
     def run(self, env: Mapping[str, str], conf: Mapping[str, Any] | bytes, timeout: float = 60) -> Outcome:
-        """Exec the installed `vnfio` like a runtime, pointed at this daemon; it must not crash with a traceback."""
+        """Exec the node's static `vnfio` like a runtime, pointed at this daemon; it must not crash with a traceback."""
         stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
-        proc = subprocess.run([str(BIN / "vnfio")], input=stdin, capture_output=True, check=False, timeout=timeout,
+        proc = subprocess.run([str(VNFIO)], input=stdin, capture_output=True, check=False, timeout=timeout,
                               env={**env, "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: str(self.socket)})
         assert b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
         return Outcome(proc.returncode, proc.stdout.decode())

@@ -10,8 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cni_helpers import build_cni_bin
 
 from deviceplugin.sampleboard import SampleBoard, build_sample_board
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cni_bin() -> Path:
+    """build/cni-bin (the static `vnfio` and `vnfio-inproc`), brought up to date once per run: the CNI tests exec
+    them the way a runtime does. `make test` has built them already; `python -m pytest` alone builds them here."""
+    return build_cni_bin()
 
 
 @pytest.fixture

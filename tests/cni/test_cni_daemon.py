@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 from cni_helpers import (
     BIN,
+    EXECUTABLES,
+    VNFIO,
     CniDaemonProcess,
     Netns,
     Outcome,
@@ -46,10 +48,11 @@ def daemon(socket_dir: Path) -> Iterator[CniDaemonProcess]:
         yield running
 
 
-def vnfio(env: Mapping[str, str], conf: Mapping[str, Any], socket_path: Path, **extra: str) -> Outcome:
-    """Exec the installed `vnfio` like a runtime: env, config on stdin, result on stdout."""
+def vnfio(env: Mapping[str, str], conf: Mapping[str, Any], socket_path: Path, exe: Path = VNFIO, **extra: str
+          ) -> Outcome:
+    """Exec the node's `vnfio` (or `exe`) like a runtime: env, config on stdin, result on stdout."""
     proc = subprocess.run(
-        [str(BIN / "vnfio")],
+        [str(exe)],
         input=json.dumps(conf).encode(),
         env={**env, "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: str(socket_path), **extra},
         capture_output=True,
@@ -199,7 +202,11 @@ def _serve_once(listener: socket.socket, answer: bytes) -> threading.Thread:
     return thread
 
 
-def test_a_daemon_lost_after_go_fails_add_with_try_again_but_repeats_del(world: Scenario, socket_dir: Path) -> None:
+@pytest.mark.parametrize("executable", EXECUTABLES)
+def test_a_daemon_lost_after_go_fails_add_with_try_again_but_repeats_del(
+    world: Scenario, socket_dir: Path, executable: str
+) -> None:
+    exe = EXECUTABLES[executable]
     conf = world.mode_conf("veth", str(random_subnet()), gateway=True)
     path = socket_dir / "dying.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
@@ -207,14 +214,14 @@ def test_a_daemon_lost_after_go_fails_add_with_try_again_but_repeats_del(world: 
         listener.listen(4)
         ns = world.netns()
         dying = _serve_once(listener, b"")
-        added = vnfio(cni_env("ADD", "c1", ns.path), conf, path)
+        added = vnfio(cni_env("ADD", "c1", ns.path), conf, path, exe)
         dying.join(10)
         assert added.code != 0
         assert added.error_code == 11
         assert added.json["cniVersion"] == "1.1.0"
         assert set(ns.links()) == {"lo"}  # the fake daemon did nothing, and the client did not redo it
         dying = _serve_once(listener, b"\0\0")  # half an answer, then gone
-        deleted = vnfio(cni_env("DEL", "c1", ns.path), conf, path)
+        deleted = vnfio(cni_env("DEL", "c1", ns.path), conf, path, exe)
         dying.join(10)
         assert (deleted.code, deleted.out) == (0, "")  # DEL is idempotent: repeated in-process
 
@@ -284,7 +291,7 @@ def test_the_daemon_uses_the_passed_fd_and_never_the_netns_path(world: Scenario,
     try:
         script = (
             f"mount -t tmpfs none {private_dir} && touch {private_path} && "
-            f"mount --bind {ns.path} {private_path} && exec {BIN / 'vnfio'}"
+            f"mount --bind {ns.path} {private_path} && exec {VNFIO}"
         )
 
         def run(command: str, stdin_conf: dict[str, Any]) -> Outcome:

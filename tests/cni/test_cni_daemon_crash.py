@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from cni_helpers import (
-    BIN,
+    VNFIO,
     CniDaemonProcess,
     Netns,
     Scenario,
@@ -193,7 +193,7 @@ def _in_process(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
 
 def _exec(socket_path: Path) -> Callable[[dict[str, str], bytes], tuple[int, str]]:
     def run(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
-        proc = subprocess.run([str(BIN / "vnfio")], input=stdin, capture_output=True, check=False, timeout=60,
+        proc = subprocess.run([str(VNFIO)], input=stdin, capture_output=True, check=False, timeout=60,
                               env={**env, "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: str(socket_path)})
         assert b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
         return proc.returncode, proc.stdout.decode()
@@ -247,7 +247,7 @@ def test_the_plugin_executable_killed_during_add_then_del_leaves_nothing(world: 
     kills = 0
     while kills < REAL_KILLS:
         env, stdin = world.attachment(n)
-        proc = subprocess.Popen([str(BIN / "vnfio")], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([str(VNFIO)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL,
                                 env={**env, "PATH": os.environ.get("PATH", ""),
                                      client.SOCKET_ENV: str(tmp_path / "no-daemon.sock")})
@@ -388,7 +388,7 @@ def test_the_installed_daemon_killed_during_add_then_restarted_leaves_nothing(wo
         kills = 0
         while kills < REAL_KILLS:
             env, stdin = world.attachment(n)
-            proc = subprocess.Popen([str(BIN / "vnfio")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            proc = subprocess.Popen([str(VNFIO)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL,
                                     env={**env, "PATH": os.environ.get("PATH", ""),
                                          client.SOCKET_ENV: str(daemon.socket)})

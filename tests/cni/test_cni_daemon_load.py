@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from cni_helpers import (
-    BIN,
+    VNFIO,
     CniDaemonProcess,
     Netns,
     Outcome,
@@ -75,7 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadWorld]:
 
 
 def vnfio(env: dict[str, str], conf: dict[str, Any], socket_path: Path) -> Outcome:
-    proc = subprocess.run([str(BIN / "vnfio")], input=json.dumps(conf).encode(), capture_output=True, check=False,
+    proc = subprocess.run([str(VNFIO)], input=json.dumps(conf).encode(), capture_output=True, check=False,
                           timeout=300, env={**env, "PATH": os.environ.get("PATH", ""),
                                             client.SOCKET_ENV: str(socket_path)})
     assert b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cni_helpers import BIN, CniDaemonProcess, Scenario, cni_env, random_subnet, reservation_files
+from cni_helpers import VNFIO, CniDaemonProcess, Scenario, cni_env, random_subnet, reservation_files
 
 from cni import client
 
@@ -148,7 +148,7 @@ def test_socket_modes_and_no_world_writable_file_even_with_umask_0(world: Scenar
         assert first.code == 0, first.out
         # The in-process fallback (no daemon at that path), also under umask 000.
         proc = subprocess.run(
-            [str(BIN / "vnfio")], input=json.dumps(conf).encode(), capture_output=True, check=False, timeout=60,
+            [str(VNFIO)], input=json.dumps(conf).encode(), capture_output=True, check=False, timeout=60,
             umask=0, env={**cni_env("ADD", f"b{world.tag}", pods[1].path), "PATH": os.environ.get("PATH", ""),
                           client.SOCKET_ENV: str(daemon.dir / "none.sock")},
         )

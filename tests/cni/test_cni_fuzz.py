@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cni_helpers import BIN, CniDaemonProcess, Netns, Scenario, reservation_files, settled
+from cni_helpers import VNFIO, CniDaemonProcess, Netns, Scenario, reservation_files, settled
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -574,7 +574,7 @@ def _in_process(env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
 
 def _executable(socket_path: Path) -> Any:
     def run(env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
-        proc = subprocess.run([str(BIN / "vnfio")], input=stdin, capture_output=True, check=False, timeout=60,
+        proc = subprocess.run([str(VNFIO)], input=stdin, capture_output=True, check=False, timeout=60,
                               env={**env, "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: str(socket_path)})
         return proc.returncode, proc.stdout.decode(), proc.stderr.decode(errors="replace")
     return run

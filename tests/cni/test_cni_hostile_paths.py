@@ -1,15 +1,17 @@
 """Hostile paths and names: refused with a clear error, nothing wired, nothing written outside `dataDir`.
 
-CNI_NETNS that is a regular file, a directory, a device, another kind of namespace, the host's own network
-namespace (directly or through a symlink) or nothing at all; CNI_IFNAME, CNI_CONTAINERID and the network name
-carrying path characters or too long. Each goes through the installed `vnfio`, once forwarding to a running
-`vnfio-cni-daemon` (which gets the opened netns as a file descriptor) and once doing the work itself.
+CNI_NETNS that is a regular file, a directory, a device, a FIFO, a unix socket, another kind of namespace, the
+host's own network namespace (directly or through a symlink) or nothing at all; CNI_IFNAME, CNI_CONTAINERID and
+the network name carrying path characters or too long. Each goes through an executable a node may run (the static
+`vnfio`, whose fallback is `vnfio-inproc`, and the Python start-up path), once forwarding to a running
+`vnfio-cni-daemon` (which gets the opened netns as a file descriptor) and once without a daemon.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 from cni_helpers import (
-    BIN,
+    EXECUTABLES,
     CniDaemonProcess,
     Outcome,
     Scenario,
@@ -53,7 +55,13 @@ def netns_cases(tmp: Path) -> list[Hostile]:
     (tmp / "host-ns").symlink_to("/proc/1/ns/net")
     (tmp / "self-ns").symlink_to("/proc/self/ns/net")
     (tmp / "dir").mkdir()
+    os.mkfifo(tmp / "a-fifo")  # opened without O_NONBLOCK, it would hang the executable until a writer came
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(tmp / "a-socket"))  # a socket file cannot be opened at all (ENXIO)
+    listening.close()
     return [
+        Hostile("netns is a FIFO", {"CNI_NETNS": str(tmp / "a-fifo")}, {}, INVALID_NETNS, "namespace"),
+        Hostile("netns is a unix socket", {"CNI_NETNS": str(tmp / "a-socket")}, {}, INVALID_NETNS, "a-socket"),
         Hostile("netns is a regular file", {"CNI_NETNS": str(tmp / "a-file")}, {}, INVALID_NETNS, "namespace"),
         Hostile("netns is a directory", {"CNI_NETNS": str(tmp / "dir")}, {}, INVALID_NETNS, "namespace"),
         Hostile("netns is /dev/null", {"CNI_NETNS": "/dev/null"}, {}, INVALID_NETNS, "namespace"),
@@ -109,17 +117,19 @@ def files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*")} if root.exists() else set()
 
 
-def run(env: dict[str, str], conf: dict[str, Any], socket_path: Path) -> tuple[Outcome, str]:
-    proc = subprocess.run([str(BIN / "vnfio")], input=json.dumps(conf).encode(), capture_output=True, check=False,
+def run(env: dict[str, str], conf: dict[str, Any], socket_path: Path, exe: Path) -> tuple[Outcome, str]:
+    proc = subprocess.run([str(exe)], input=json.dumps(conf).encode(), capture_output=True, check=False,
                           timeout=120, env={**env, "PATH": os.environ.get("PATH", ""),
                                             client.SOCKET_ENV: str(socket_path)})
     return Outcome(proc.returncode, proc.stdout.decode()), proc.stderr.decode(errors="replace")
 
 
+@pytest.mark.parametrize("executable", EXECUTABLES)
 @pytest.mark.parametrize("how", ["daemon", "executable"])
 def test_hostile_paths_and_names_are_refused_and_nothing_is_wired_or_written(
-    world: Scenario, daemon: CniDaemonProcess, tmp_path: Path, how: str
+    world: Scenario, daemon: CniDaemonProcess, tmp_path: Path, how: str, executable: str
 ) -> None:
+    exe = EXECUTABLES[executable]
     pod = world.netns()
     ifname = f"h{suffix()}"  # unique, so a link wired into the host by mistake would be found by name
     bridge = world.link_name("pb")
@@ -135,7 +145,7 @@ def test_hostile_paths_and_names_are_refused_and_nothing_is_wired_or_written(
             env = {k: v for k, v in env.items() if v is not None}
             if command == "DEL" and case.code in (INVALID_NETNS, UNKNOWN_CONTAINER):
                 continue  # DEL of a netns that is not one (or is gone) releases IPAM only: it may succeed
-            outcome, stderr = run(env, {**conf, **case.conf}, socket_path)
+            outcome, stderr = run(env, {**conf, **case.conf}, socket_path, exe)
             assert "Traceback" not in stderr, (case.label, stderr)
             assert outcome.code != 0 and outcome.error_code == case.code, (case.label, command, outcome.out)
             assert case.says in outcome.json["msg"], (case.label, outcome.json["msg"])
@@ -148,10 +158,10 @@ def test_hostile_paths_and_names_are_refused_and_nothing_is_wired_or_written(
     assert files_under(root) == before
     # And the same plugin, with sane input, works: the refusals were about the input, not a broken set-up.
     good = cni_env("ADD", f"c{world.tag}", pod.path, ifname=ifname)
-    outcome, _ = run(good, conf, socket_path)
+    outcome, _ = run(good, conf, socket_path, exe)
     assert outcome.code == 0, outcome.out
     assert ifname in pod.links() and not Path(f"/sys/class/net/{ifname}").exists()
-    assert run({**good, "CNI_COMMAND": "DEL"}, conf, socket_path)[0].code == 0
+    assert run({**good, "CNI_COMMAND": "DEL"}, conf, socket_path, exe)[0].code == 0
     assert reservation_files(world.data_dir) == []
     made = {p for p in files_under(root) - before if p not in world.data_dir.parents}  # dataDir's own levels
     assert {p for p in made if world.data_dir not in (p, *p.parents)} == set()

@@ -214,12 +214,16 @@ def test_two_stages_from_one_pinned_slim_python_311_base() -> None:
     assert froms == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE}"]
 
 
-def test_builder_installs_from_the_lock_and_builds_wheel_and_bundle() -> None:
+def test_builder_installs_from_the_lock_and_builds_wheel_and_the_node_executables() -> None:
     runs = " && ".join(i.args for i in dockerfile_instructions() if i.stage == 0 and i.keyword == "RUN")
     assert "pip install --no-cache-dir --require-hashes -r hack/requirements.lock" in runs
     assert "pip wheel --no-cache-dir --no-deps" in runs
     assert "pip install --no-cache-dir --no-deps /wheels/vnfio-" in runs
-    assert 'python -m cni.bundle --python "${HOST_PYTHON}" /opt/vnfio/vnfio' in runs
+    # The static vnfio for both architectures and vnfio-inproc, the way `make cni-bin` builds them here.
+    assert 'pip install --no-cache-dir "ziglang==${ZIGLANG_VERSION}"' in runs
+    assert 'make cni-bin CNI_PY=/opt/vnfio/venv/bin/python CNI_DEPS= HOST_PYTHON="${HOST_PYTHON}"' in runs
+    assert "cp -r build/cni-bin /opt/vnfio/cni-bin" in runs
+    assert "pip uninstall --yes ziglang pip" in runs  # the compiler stays in the builder
 
 
 def test_final_stage_has_no_build_tools_and_runs_unprivileged() -> None:
@@ -245,14 +249,11 @@ def test_final_stage_has_no_build_tools_and_runs_unprivileged() -> None:
         assert key in labels
 
 
-def test_host_python_of_the_bundle_is_the_one_the_installer_checks() -> None:
-    args = {
-        i.args.split("=", 1)[0]: i.args.split("=", 1)[1]
-        for i in dockerfile_instructions()
-        if i.keyword == "ARG" and i.stage < 0
-    }
+def test_the_installer_reads_the_node_executables_where_the_image_has_them() -> None:
     cni = (REPO / "manifests" / "base" / "cni.yaml").read_text()
-    assert f"- name: VNFIO_HOST_PYTHON\n              value: {args['HOST_PYTHON']}\n" in cni
+    runs = " ".join(i.args for i in dockerfile_instructions() if i.stage == 0 and i.keyword == "RUN")
+    assert "- --cni-bin=/opt/vnfio/cni-bin\n" in cni and "/opt/vnfio/cni-bin" in runs
+    assert "VNFIO_HOST_PYTHON" not in cni  # nothing of the host's python3 is looked at any more
 
 
 def test_entrypoint_and_manifest_commands_are_console_scripts_in_the_venv() -> None:
