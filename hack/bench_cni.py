@@ -407,7 +407,8 @@ def fmt_phase(label: str, op: str, phase: Phase) -> str:
             f"{max(phase.latencies):7.1f} {phase.ops_per_s:8.1f}")
 
 
-def growth(phase: Phase, window: int = 50) -> float | None:
+def growth(phase: Phase, window: int) -> float | None:
+    """ADD p50 of the last `window` pods over the first `window`: how ADD slows as the node fills."""
     lat = phase.latencies
     if len(lat) < 2 * window:
         return None
@@ -666,11 +667,12 @@ def report(mode: str, runs: list[Run], inproc: Run | None, args: argparse.Namesp
     if not args.no_growth_pass:
         for run in runs:
             out.append(fmt_phase(f"{run.impl.name} alone", "ADD", run.alone))
+    window = max(1, args.pods // 10)  # the last and the first 10 % of the pods
     for run in runs:
-        g, mixed = growth(run.alone), growth(run.serial["ADD"])
+        g, mixed = growth(run.alone, window), growth(run.serial["ADD"], window)
         if mixed is not None:
             figures = ([f"x{g:.2f} alone"] if g is not None else []) + [f"x{mixed:.2f} interleaved"]
-            out.append(f"  growth {run.impl.name}: ADD p50 of pods {args.pods - 49}-{args.pods} / 1-50 = "
+            out.append(f"  growth {run.impl.name}: ADD p50 of pods {args.pods - window + 1}-{args.pods} / 1-{window} = "
                        + ", ".join(figures))
     if len(runs) == 2:
         ref, ours = runs
@@ -679,12 +681,13 @@ def report(mode: str, runs: list[Run], inproc: Run | None, args: argparse.Namesp
             ratio += [f"P={args.workers} {op} ops/s {ours.parallel[op].ops_per_s / ref.parallel[op].ops_per_s:.2f}"
                       for op in ("ADD", "DEL")]
         out.append("  ours/reference: " + ", ".join(ratio))
-        verdicts = [("serial ADD p50 <= 1.0x", ours.serial["ADD"].pct(0.5) <= ref.serial["ADD"].pct(0.5)),
-                    ("serial DEL p50 <= 1.0x", ours.serial["DEL"].pct(0.5) <= ref.serial["DEL"].pct(0.5))]
+        # The targets of the static-executable issue: well ahead of the reference, not merely level with it.
+        verdicts = [("serial ADD p50 <= 0.6x", ours.serial["ADD"].pct(0.5) <= 0.6 * ref.serial["ADD"].pct(0.5)),
+                    ("serial DEL p50 <= 0.5x", ours.serial["DEL"].pct(0.5) <= 0.5 * ref.serial["DEL"].pct(0.5))]
         if not args.no_parallel:
-            verdicts += [(f"P={args.workers} {op} ops/s >= 1.0x",
-                          ours.parallel[op].ops_per_s >= ref.parallel[op].ops_per_s) for op in ("ADD", "DEL")]
-        g = growth(ours.alone if not args.no_growth_pass else ours.serial["ADD"])
+            verdicts += [(f"P={args.workers} {op} ops/s >= 1.5x",
+                          ours.parallel[op].ops_per_s >= 1.5 * ref.parallel[op].ops_per_s) for op in ("ADD", "DEL")]
+        g = growth(ours.alone if not args.no_growth_pass else ours.serial["ADD"], max(1, args.pods // 10))
         if g is not None:
             verdicts.append(("growth <= 1.2", g <= 1.2))
         out.append("  targets: " + ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in verdicts))
