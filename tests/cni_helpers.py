@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import ipaddress
 import json
 import os
@@ -517,3 +518,25 @@ def assert_no_debris(scenario: Scenario, host_names: set[str] = frozenset(), sub
 def subnet_text(net: ipaddress.IPv4Network) -> str:
     """The text every address of an IPv4 /24 (or smaller) test subnet starts with, e.g. "10.77.3."."""
     return str(net.network_address).rsplit(".", 1)[0] + "."
+
+
+def pod_links(pod: Netns) -> list[str]:
+    """The pod's link names from procfs, read by a thread inside it (cheaper than `ip` or a netlink dump)."""
+    def read() -> list[str]:
+        with open("/proc/thread-self/net/dev") as f:
+            return [line.split(":")[0].strip() for line in list(f)[2:]]
+    return pod.run(read)
+
+
+def held_locks(data_dir: Path) -> list[Path]:
+    """IPAM lock files somebody holds: a lock a dead process kept would stall every later ADD of the network."""
+    held = []
+    for lock in data_dir.glob("*/lock"):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(lock)
+        finally:
+            os.close(fd)
+    return held

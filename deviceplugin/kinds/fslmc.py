@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from deviceplugin.discovery.fslmc import VFIO_FSL_MC, discover_containers
 from deviceplugin.kinds.base import Bad
 from deviceplugin.policy.health import Unit, group_health, group_nodes, judge
-from deviceplugin.policy.selectors import ANY_NAME, ListKey, binding, one_of, show
+from deviceplugin.policy.selectors import ANY_NAME, KeyParser, ListKey, binding, one_of, parse_keys, show
 from deviceplugin.records import (
     DeviceNode,
     FslMcContainer,
@@ -36,10 +36,6 @@ OBJECT_TYPES = (
     "dpdmai", "dpdmux", "dpsw", "dprtc", "dpci", "dpaiop", "dpdcei", "dpdbg",
 )  # fmt: skip
 _DPRC = re.compile(r"^dprc\.[0-9]+$")
-_LIST_KEYS = {
-    "containers": ListKey("containers", "a list of container names like dprc.2", _DPRC),
-    "drivers": ListKey("drivers", "a list of driver names", ANY_NAME),
-}
 
 
 @dataclass(frozen=True)
@@ -70,22 +66,35 @@ class FslMcSelectors:
         return "; ".join(missing) or None
 
 
-def _min_objects(value: object) -> dict[str, int] | None:
+def _min_objects(value: object) -> tuple[dict[str, int] | None, str | None]:
+    refused = (
+        None,
+        'expected a mapping of fsl-mc object type to a count >= 0, like {"dpni": 1} '
+        f"(types: {', '.join(OBJECT_TYPES)}), got {show(value)}",
+    )
     if not isinstance(value, Mapping):
-        return None
+        return refused
     counts: dict[str, int] = {}
     for kind, need in value.items():
         if kind not in OBJECT_TYPES or isinstance(need, bool) or not isinstance(need, int) or need < 0:
-            return None
+            return refused
         counts[kind] = need
-    return dict(sorted(counts.items()))
+    return dict(sorted(counts.items())), None
+
+
+# Config key → (FslMcSelectors field, parser), in documentation order.
+_KEYS: dict[str, tuple[str, KeyParser]] = {
+    "containers": ("containers", ListKey("a list of container names like dprc.2", _DPRC).checked),
+    "drivers": ("drivers", ListKey("a list of driver names", ANY_NAME).checked),
+    "minObjects": ("min_objects", _min_objects),
+}
 
 
 class FslMcKind:
     name = NAME
     label = "vnfio.io/dpaa2"
     uevent_subsystems = frozenset({"fsl-mc"})
-    selector_keys = ("containers", "drivers", "minObjects")
+    selector_keys = tuple(_KEYS)
     iommu_groups_rule: str | None = "a DPAA2 container is always one group"
 
     def discover(self, sysfs_root: Path, dev_root: Path, problems: list[str]) -> tuple[FslMcContainer, ...]:
@@ -93,30 +102,8 @@ class FslMcKind:
 
     # ------------------------------------------------------------------------------------------ selectors
     def parse_selectors(self, raw: Mapping[Any, Any], bad: Bad) -> FslMcSelectors | None:
-        values: dict[str, Any] = {}
-        ok = True
-        for key, value in raw.items():
-            where = f"selectors.{key}"
-            if key not in self.selector_keys:
-                bad(where, f"unknown selector for deviceType {NAME} (expected one of {', '.join(self.selector_keys)})")
-                ok = False
-            elif key == "minObjects":
-                counts = _min_objects(value)
-                if counts is None:
-                    bad(
-                        where,
-                        'expected a mapping of fsl-mc object type to a count >= 0, like {"dpni": 1} '
-                        f"(types: {', '.join(OBJECT_TYPES)}), got {show(value)}",
-                    )
-                    ok = False
-                else:
-                    values["min_objects"] = counts
-            elif (parsed := _LIST_KEYS[key].parse(value)) is None:
-                bad(where, f"expected {_LIST_KEYS[key].expected}, got {show(value)}")
-                ok = False
-            else:
-                values[_LIST_KEYS[key].field] = parsed
-        return FslMcSelectors(**values) if ok else None
+        values = parse_keys(raw, NAME, _KEYS, bad)
+        return FslMcSelectors(**values) if values is not None else None
 
     # -------------------------------------------------------------------------------------------- units
     def units(self, cfg: PoolConfig, inventory: Inventory, known: set[str]) -> list[Unit]:

@@ -20,7 +20,7 @@ from deviceplugin.discovery.iommu import is_vfio_driver
 from deviceplugin.discovery.pci import discover_pci
 from deviceplugin.kinds.base import Bad
 from deviceplugin.policy.health import Unit, group_health, group_nodes, judge
-from deviceplugin.policy.selectors import ANY_NAME, ListKey, binding, one_of, show
+from deviceplugin.policy.selectors import ANY_NAME, KeyParser, ListKey, binding, one_of, parse_keys, show
 from deviceplugin.records import Inventory, PciDevice, PoolDevice, ResourcePool, env_suffix
 
 if TYPE_CHECKING:
@@ -39,13 +39,6 @@ def _hex4(value: str) -> str:
     return value.lower().removeprefix("0x")
 
 
-_LIST_KEYS = {
-    "vendors": ListKey("vendors", "a list of 4-digit hex strings", _HEX4, _hex4),
-    "devices": ListKey("devices", "a list of 4-digit hex strings", _HEX4, _hex4),
-    "drivers": ListKey("drivers", "a list of driver names", ANY_NAME),
-    "pciAddresses": ListKey("pci_addresses", "a list of PCI addresses like 0000:01:00.1", _PCI_ADDRESS, str.lower),
-    "rootDevices": ListKey("root_devices", "a list of PCI addresses like 0000:00:00.0", _PCI_ADDRESS, str.lower),
-}
 _PF_NAMES_EXPECTED = f"a list of interface names, each optionally with VF indexes 0-{VF_INDEX_MAX}: eth1, eth1#0-3,5"
 
 
@@ -115,6 +108,23 @@ def _pf_names(value: object) -> tuple[tuple[PfNameEntry, ...] | None, str | None
     return tuple(dict.fromkeys(entries)), None
 
 
+# Config key → (PciSelectors field, parser), in documentation order.
+_KEYS: dict[str, tuple[str, KeyParser]] = {
+    "vendors": ("vendors", ListKey("a list of 4-digit hex strings", _HEX4, _hex4).checked),
+    "devices": ("devices", ListKey("a list of 4-digit hex strings", _HEX4, _hex4).checked),
+    "drivers": ("drivers", ListKey("a list of driver names", ANY_NAME).checked),
+    "pciAddresses": (
+        "pci_addresses",
+        ListKey("a list of PCI addresses like 0000:01:00.1", _PCI_ADDRESS, str.lower).checked,
+    ),
+    "pfNames": ("pf_names", _pf_names),
+    "rootDevices": (
+        "root_devices",
+        ListKey("a list of PCI addresses like 0000:00:00.0", _PCI_ADDRESS, str.lower).checked,
+    ),
+}
+
+
 # --------------------------------------------------------------------------------------------- selectors
 @dataclass(frozen=True)
 class PciSelectors:
@@ -167,33 +177,15 @@ class PciKind:
     name = NAME
     label = "vnfio.io/vfio-pci"
     uevent_subsystems = frozenset({"pci"})
-    selector_keys = ("vendors", "devices", "drivers", "pciAddresses", "pfNames", "rootDevices")
+    selector_keys = tuple(_KEYS)
     iommu_groups_rule: str | None = None
 
     def discover(self, sysfs_root: Path, dev_root: Path, problems: list[str]) -> tuple[PciDevice, ...]:
         return discover_pci(sysfs_root, problems)
 
     def parse_selectors(self, raw: Mapping[Any, Any], bad: Bad) -> PciSelectors | None:
-        values: dict[str, Any] = {}
-        ok = True
-        for key, value in raw.items():
-            where = f"selectors.{key}"
-            if key not in self.selector_keys:
-                bad(where, f"unknown selector for deviceType {NAME} (expected one of {', '.join(self.selector_keys)})")
-                ok = False
-            elif key == "pfNames":
-                names, reason = _pf_names(value)
-                if names is None:
-                    bad(where, reason or "")
-                    ok = False
-                else:
-                    values["pf_names"] = names
-            elif (parsed := _LIST_KEYS[key].parse(value)) is None:
-                bad(where, f"expected {_LIST_KEYS[key].expected}, got {show(value)}")
-                ok = False
-            else:
-                values[_LIST_KEYS[key].field] = parsed
-        return PciSelectors(**values) if ok else None
+        values = parse_keys(raw, NAME, _KEYS, bad)
+        return PciSelectors(**values) if values is not None else None
 
     def units(self, cfg: PoolConfig, inventory: Inventory, known: set[str]) -> list[Unit]:
         selectors = cfg.selectors

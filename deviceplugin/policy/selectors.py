@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 ANY_NAME = re.compile(r"^\S+$")
 
@@ -41,7 +42,6 @@ def show(value: object) -> str:
 class ListKey:
     """A selector key whose value is a non-empty list of strings of one shape."""
 
-    field: str  # the selectors dataclass attribute it fills
     expected: str  # how the problem message describes a good value
     pattern: re.Pattern[str]
     normalize: Callable[[str], str] = str
@@ -52,3 +52,35 @@ class ListKey:
         if not all(isinstance(v, str) and self.pattern.match(v) for v in value):
             return None
         return tuple(dict.fromkeys(self.normalize(v) for v in value))
+
+    def checked(self, value: object) -> tuple[tuple[str, ...] | None, str | None]:
+        """The parsed value, or None and the problem message."""
+        parsed = self.parse(value)
+        return (parsed, None) if parsed is not None else (None, f"expected {self.expected}, got {show(value)}")
+
+
+# A selector key's parser: the parsed value, or None and why it was refused.
+KeyParser = Callable[[object], tuple[Any, str | None]]
+
+
+def parse_keys(
+    raw: Mapping[Any, Any], kind: str, keys: Mapping[str, tuple[str, KeyParser]], bad: Callable[[str, str], None]
+) -> dict[str, Any] | None:
+    """A kind's `selectors` mapping parsed key by key (`keys`: config key → (dataclass field, parser)); every
+    problem is reported through `bad` as `selectors.<key>`, and None comes back when there was any."""
+    values: dict[str, Any] = {}
+    ok = True
+    for key, value in raw.items():
+        where = f"selectors.{key}"
+        if key not in keys:
+            bad(where, f"unknown selector for deviceType {kind} (expected one of {', '.join(keys)})")
+            ok = False
+            continue
+        field_name, parser = keys[key]
+        parsed, reason = parser(value)
+        if parsed is None:
+            bad(where, reason or f"invalid value {show(value)}")
+            ok = False
+        else:
+            values[field_name] = parsed
+    return values if ok else None

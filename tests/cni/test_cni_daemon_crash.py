@@ -13,7 +13,6 @@ paying an interpreter start per kill); ten of each kind hit the installed `vnfio
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -38,6 +37,8 @@ from cni_helpers import (
     Netns,
     Scenario,
     cni_env,
+    held_locks,
+    pod_links,
     random_subnet,
     reservation_files,
     settled,
@@ -87,28 +88,6 @@ class CrashWorld:
         found += [f"reservation {path}" for path in reservation_files(self.scenario.data_dir)]
         found += [f"lock held: {lock}" for lock in held_locks(self.scenario.data_dir)]
         return found
-
-
-def pod_links(pod: Netns) -> list[str]:
-    """The pod's link names from procfs, read by a thread inside it (cheaper than `ip` or a netlink dump)."""
-    def read() -> list[str]:
-        with open("/proc/thread-self/net/dev") as f:
-            return [line.split(":")[0].strip() for line in list(f)[2:]]
-    return pod.run(read)
-
-
-def held_locks(data_dir: Path) -> list[Path]:
-    """IPAM lock files somebody holds: a lock a dead process kept would stall every later ADD of the network."""
-    held = []
-    for lock in data_dir.glob("*/lock"):
-        fd = os.open(lock, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            held.append(lock)
-        finally:
-            os.close(fd)
-    return held
 
 
 @pytest.fixture(scope="module")

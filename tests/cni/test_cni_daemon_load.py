@@ -26,11 +26,12 @@ from cni_helpers import (
     Outcome,
     Scenario,
     cni_env,
+    held_locks,
+    pod_links,
     random_subnet,
     reservation_files,
     settled,
 )
-from test_cni_daemon_crash import held_locks, pod_links
 
 from cni import client
 

@@ -25,11 +25,11 @@ from cni_helpers import (
     Outcome,
     Scenario,
     cni_env,
+    pod_links,
     random_subnet,
     reservation_files,
     suffix,
 )
-from test_cni_daemon_crash import pod_links
 
 from cni import client
 
