@@ -35,7 +35,7 @@ OBJECT_TYPES = (
     "dprc", "dpni", "dpmac", "dpio", "dpbp", "dpcon", "dpmcp", "dpseci",
     "dpdmai", "dpdmux", "dpsw", "dprtc", "dpci", "dpaiop", "dpdcei", "dpdbg",
 )  # fmt: skip
-_DPRC = re.compile(r"^dprc\.[0-9]+$")
+_DPRC = re.compile(r"^dprc\.[0-9]+\Z")
 _LIST_KEYS = {
     "containers": ListKey("containers", "a list of container names like dprc.2", _DPRC),
     "drivers": ListKey("drivers", "a list of driver names", ANY_NAME),

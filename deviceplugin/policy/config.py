@@ -24,8 +24,8 @@ IOMMU_GROUP_MODES = ("whole", "exclude")
 POOL_KEYS = ("resourceName", "resourcePrefix", "deviceType", "selectors", "iommuGroups")
 
 # kubelet's extended resource name rules: a DNS-subdomain prefix and a qualified-name part.
-_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 
 SAMPLE_CONFIG: dict[str, Any] = {
     "resourceList": [

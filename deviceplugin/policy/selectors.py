@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-ANY_NAME = re.compile(r"^\S+$")
+ANY_NAME = re.compile(r"^\S+\Z")
 
 
 def one_of(values: tuple[str, ...]) -> str:
