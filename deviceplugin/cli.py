@@ -32,7 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--rescan-interval", type=float, default=5.0, help="seconds between safety-net rescans")
     parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
-    parser.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics endpoint binds")
+    parser.add_argument(
+        "--metrics-host",
+        default=None,
+        help="address the metrics endpoint binds (default: $NODE_IP, the node's address; unset: 127.0.0.1)",
+    )
     parser.add_argument(
         "--node-name", default=None, help="label this node and post events (default: $NODE_NAME; unset = off)"
     )
@@ -69,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level,
         rescan_interval=args.rescan_interval,
         metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
+        metrics_host=args.metrics_host or DaemonSettings.metrics_host_from_env(),
         node_name=args.node_name or DaemonSettings.node_name_from_env(),
         uevents=not args.no_uevents,
     )

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 1.0  # the loop proves it is alive to /healthz this often
 REPORTER_FLUSH = 2.0  # at shutdown, give queued node events this long to reach the API server
+PROBLEMS_LOGGED = 20  # config problems logged one by one; a file with thousands of bad pools is summed up
 
 
 class Daemon:
@@ -203,7 +204,7 @@ class Daemon:
             self.metrics.config_loaded(False)
             return False
         if result.problems:
-            for problem in result.problems:
+            for problem in result.problems[:PROBLEMS_LOGGED]:
                 log.error("new config: %s", problem, extra={"pool": problem.pool, "key": problem.key})
             log.error(
                 "new config %s rejected (%d problems), the running pools stay: %s",
@@ -220,12 +221,14 @@ class Daemon:
 
     async def apply_config(self, result: ConfigResult, reason: str = "config") -> None:
         """Serve the pools of a (validated) config: new pools start, dropped pools stop, others rescan."""
-        for problem in result.problems:
+        for problem in result.problems[:PROBLEMS_LOGGED]:
             log.warning(
                 "config: %s (pool left out)",
                 problem,
                 extra={"pool": problem.pool, "key": problem.key, "reason": problem.reason},
             )
+        if len(result.problems) > PROBLEMS_LOGGED:
+            log.warning("config: %d more problems not listed", len(result.problems) - PROBLEMS_LOGGED)
         if not result.pools:
             log.warning("config has no valid pool: nothing to advertise")
         self.configs = result.pools

@@ -9,6 +9,7 @@ from pathlib import Path
 
 DEFAULT_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 DEFAULT_CONFIG = Path("/etc/vnfio/config.json")
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -20,10 +21,19 @@ class DaemonSettings:
     log_level: str = "info"
     rescan_interval: float = 5.0  # seconds; the safety net behind uevents
     metrics_port: int = 0  # 0 = no metrics endpoint
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = LOOPBACK  # see metrics_host_from_env: never every address of the node by default
     node_name: str | None = None  # set: label the node and post events through the Kubernetes API
     uevents: bool = True  # listen to NETLINK_KOBJECT_UEVENT (tests may turn it off)
 
     @staticmethod
     def node_name_from_env() -> str | None:
         return os.environ.get("NODE_NAME") or None
+
+    @staticmethod
+    def metrics_host_from_env() -> str:
+        """The node's own address ($NODE_IP, from the downward API's status.hostIP), else loopback.
+
+        The pod uses the host network, so 0.0.0.0 would also expose the unauthenticated endpoint on every other
+        interface of the node (storage, management, the data plane); Prometheus scrapes the pod IP, which is the
+        node IP, so binding that address alone keeps a ServiceMonitor working."""
+        return os.environ.get("NODE_IP") or LOOPBACK

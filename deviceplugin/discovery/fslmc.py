@@ -10,8 +10,8 @@ from deviceplugin.discovery.sysfs import SysfsError, driver_name, entries, group
 from deviceplugin.records import FslMcContainer
 
 VFIO_FSL_MC = "vfio-fsl-mc"
-_DPRC = re.compile(r"^dprc\.[0-9]+$")
-_OBJECT = re.compile(r"^[a-z]+\.[0-9]+$")
+_DPRC = re.compile(r"^dprc\.[0-9]+\Z")
+_OBJECT = re.compile(r"^[a-z]+\.[0-9]+\Z")
 
 
 def discover_containers(sysfs_root: Path, problems: list[str]) -> tuple[FslMcContainer, ...]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from deviceplugin.discovery.sysfs import SysfsError, device_node, driver_name, entries, read_value, resolve_inside
 from deviceplugin.records import IommuGroup
 
-_GROUP = re.compile(r"^[0-9]+$")
+_GROUP = re.compile(r"^[0-9]+\Z")
 NOIOMMU_GROUP_NAME = "vfio-noiommu"
 
 

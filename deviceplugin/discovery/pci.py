@@ -16,8 +16,8 @@ from deviceplugin.discovery.sysfs import (
 )
 from deviceplugin.records import PciDevice
 
-_HEX = re.compile(r"^0x([0-9a-fA-F]+)$")
-_VIRTFN = re.compile(r"^virtfn([0-9]+)$")
+_HEX = re.compile(r"^0x([0-9a-fA-F]+)\Z")
+_VIRTFN = re.compile(r"^virtfn([0-9]+)\Z")
 
 
 def discover_pci(sysfs_root: Path, problems: list[str]) -> tuple[PciDevice, ...]:

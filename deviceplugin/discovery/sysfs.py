@@ -14,8 +14,8 @@ import re
 import stat
 from pathlib import Path
 
-_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
-_GROUP_NUMBER = re.compile(r"^[0-9]+$")
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\Z")
+_GROUP_NUMBER = re.compile(r"^[0-9]+\Z")
 
 
 class SysfsError(Exception):

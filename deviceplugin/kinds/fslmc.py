@@ -35,7 +35,7 @@ OBJECT_TYPES = (
     "dprc", "dpni", "dpmac", "dpio", "dpbp", "dpcon", "dpmcp", "dpseci",
     "dpdmai", "dpdmux", "dpsw", "dprtc", "dpci", "dpaiop", "dpdcei", "dpdbg",
 )  # fmt: skip
-_DPRC = re.compile(r"^dprc\.[0-9]+$")
+_DPRC = re.compile(r"^dprc\.[0-9]+\Z")
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ if TYPE_CHECKING:
 NAME = "pci"
 # The SR-IOV capability counts VFs in 16 bits (TotalVFs), so no VF index is above 65535.
 VF_INDEX_MAX = 65535
-_RANGE_ITEM = re.compile(r"^([0-9]{1,10})(?:-([0-9]{1,10}))?$")
-_HEX4 = re.compile(r"^(0x)?[0-9a-fA-F]{4}$")
-_PCI_ADDRESS = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
-_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+_RANGE_ITEM = re.compile(r"^([0-9]{1,10})(?:-([0-9]{1,10}))?\Z")
+_HEX4 = re.compile(r"^(0x)?[0-9a-fA-F]{4}\Z")
+_PCI_ADDRESS = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\Z")
+_IFNAME = re.compile(r"^[^/\s:]{1,15}\Z")
 
 
 def _hex4(value: str) -> str:

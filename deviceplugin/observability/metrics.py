@@ -3,6 +3,12 @@
 Every `PluginMetrics` owns its `CollectorRegistry`, so nothing lands in prometheus_client's global registry and
 tests can run many daemons side by side. The endpoint serves `/metrics`, `/healthz` (the event loop is
 alive) and `/readyz` (every pool is registered with kubelet) for the DaemonSet's probes.
+
+The endpoint is reachable by anything that can reach the node (the pod uses the host network) and answers
+without authentication, so what a client can cost it is bounded: at most MAX_CONNECTIONS connections (one
+thread each; the oldest is hung up on when another arrives, so a probe behind a flood of idle connections is
+still served), IDLE_TIMEOUT per read or write and REQUEST_DEADLINE per connection in all (a client that trickles
+bytes is hung up on as well).
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -29,6 +34,9 @@ _RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 _RESCAN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _REGISTERED = "vnfio_pool_registered"
 DEFAULT_STALE_AFTER = 30.0  # seconds without a heartbeat before /healthz says the daemon is stuck
+MAX_CONNECTIONS = 32  # a Prometheus or two and the kubelet probes need a handful
+IDLE_TIMEOUT = 5.0  # seconds a connection may stay silent (or not read our answer) before we hang up
+REQUEST_DEADLINE = 10.0  # seconds a connection may last in all, however it trickles
 
 
 class PluginMetrics:
@@ -185,15 +193,77 @@ class PluginMetrics:
 
 
 # ---------------------------------------------------------------------------------------- endpoint
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+class _BoundedWSGIServer(WSGIServer):
+    """A WSGI server with one thread per connection, but at most `max_connections` of them, and none older than
+    `request_deadline`: unauthenticated clients on the node's network must not be able to exhaust the plugin's
+    memory or threads (with no bound, ~8,000 idle connections OOM-killed it)."""
+
     daemon_threads = True  # a slow scraper must not hold up shutdown
+    request_queue_size = 128
+    max_connections = MAX_CONNECTIONS
+    request_deadline = REQUEST_DEADLINE
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._open: dict[socket.socket, float] = {}  # connection → when accepted; insertion order is age
+        self._open_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Called by the accept loop: hang up on the oldest connection when full, then serve this one."""
+        with self._open_lock:
+            evicted = next(iter(self._open)) if len(self._open) >= self.max_connections else None
+            if evicted is not None:
+                del self._open[evicted]
+            self._open[request] = time.monotonic()
+        if evicted is not None:
+            log.debug("metrics: %d connections open, hanging up on the oldest", self.max_connections)
+            _hang_up(evicted)
+        thread = threading.Thread(
+            target=self._serve_connection, args=(request, client_address), name="vnfio-metrics-conn", daemon=True
+        )
+        thread.start()
+
+    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception as exc:  # a timeout, a reset, a hang-up: the client's problem, not news
+            log.debug("metrics: connection from %s ended: %r", client_address, exc)
+        finally:
+            with self._open_lock:
+                self._open.pop(request, None)
+            self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Runs in the accept loop after every poll: hang up on connections past their deadline."""
+        cutoff = time.monotonic() - self.request_deadline
+        with self._open_lock:
+            late = [conn for conn, accepted in self._open.items() if accepted < cutoff]
+            for conn in late:
+                del self._open[conn]
+        for conn in late:
+            _hang_up(conn)
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._open_lock:
+            still_open, self._open = list(self._open), {}
+        for conn in still_open:
+            _hang_up(conn)
 
 
-class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+class _BoundedWSGIServer6(_BoundedWSGIServer):
     address_family = socket.AF_INET6
 
 
+def _hang_up(conn: socket.socket) -> None:
+    """Wake the connection's thread (its read or write fails at once); that thread closes the socket."""
+    with suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
+
+
 class _QuietHandler(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT  # applied to the connection's socket: every read and write
+
     def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds are not news
         log.debug("metrics: " + format, *args)
 
@@ -235,7 +305,7 @@ class MetricsEndpoint:
 
 def serve_metrics(metrics: PluginMetrics, host: str, port: int) -> MetricsEndpoint:
     """Serve /metrics, /healthz and /readyz on host:port in a background thread (port 0: any free port)."""
-    server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
+    server_class = _BoundedWSGIServer6 if ":" in host else _BoundedWSGIServer
     server = make_server(host, port, metrics_app(metrics), server_class, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="vnfio-metrics", daemon=True)
     thread.start()

@@ -2,6 +2,10 @@
 
 A bad pool costs only itself: every problem names the pool, the key and the reason, and the valid pools
 still run. Only a file that cannot be read or parsed at all, or has no `resourceList`, is fatal.
+
+The file is untrusted input to a node component: it is read up to MAX_CONFIG_BYTES, its YAML may expand to at
+most MAX_CONFIG_NODES nodes (anchors and aliases are allowed, but an alias bomb is refused before anything is
+built from it), and every message quotes at most a few hundred characters of it.
 """
 
 from __future__ import annotations
@@ -16,16 +20,19 @@ from typing import Any
 import yaml
 
 from deviceplugin.kinds import KINDS
-from deviceplugin.policy.selectors import show
+from deviceplugin.policy.selectors import MAX_QUOTE, cut, show
 from deviceplugin.records import env_suffix
 
 DEFAULT_PREFIX = "vnfio.io"
 IOMMU_GROUP_MODES = ("whole", "exclude")
 POOL_KEYS = ("resourceName", "resourcePrefix", "deviceType", "selectors", "iommuGroups")
 
+MAX_CONFIG_BYTES = 1 << 20  # a real resourceList is a few KiB; 1 MiB leaves room and bounds what a reload reads
+MAX_CONFIG_NODES = 100_000  # YAML nodes after expanding every alias (a real config has hundreds)
+
 # kubelet's extended resource name rules: a DNS-subdomain prefix and a qualified-name part.
-_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 
 SAMPLE_CONFIG: dict[str, Any] = {
     "resourceList": [
@@ -46,7 +53,12 @@ SAMPLE_CONFIG: dict[str, Any] = {
 
 
 class ConfigError(Exception):
-    """The configuration as a whole is unusable (unreadable, unparsable, or without a resourceList)."""
+    """The configuration as a whole is unusable (unreadable, unparsable, or without a resourceList).
+
+    The message is cut to a few hundred characters: it is logged, and the file is whatever someone wrote."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(cut(message, 4 * MAX_QUOTE))
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,12 @@ class ConfigProblem:
     pool: str
     key: str
     reason: str
+
+    def __post_init__(self) -> None:
+        # Pool labels and keys come from the file: quote them within bounds like any other value.
+        object.__setattr__(self, "pool", cut(self.pool))
+        object.__setattr__(self, "key", cut(self.key))
+        object.__setattr__(self, "reason", cut(self.reason, 4 * MAX_QUOTE))
 
     def __str__(self) -> str:
         return f'pool "{self.pool}": key "{self.key}": {self.reason}'
@@ -85,7 +103,11 @@ class ConfigResult:
 def load_config(path: Path) -> ConfigResult:
     """Read and validate a config file; JSON or YAML, told apart by content."""
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # never more, whatever the file's size (a FIFO, /dev/zero)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path}: larger than {MAX_CONFIG_BYTES} bytes; not read further")
+        text = raw.decode()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config {path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from exc
     try:
@@ -105,10 +127,78 @@ def _parse_text(text: str) -> object:
         if text.lstrip().startswith("{"):
             # Looks like JSON: its parser's message points at the real mistake.
             raise ValueError(f"not valid JSON: {json_exc}") from json_exc
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_BoundedYamlLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as exc:
         raise ValueError(f"neither JSON nor YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+
+
+class _BoundedYamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a document expanding to more than MAX_CONFIG_NODES nodes.
+
+    Aliases are cheap for PyYAML (they share one node) but not for anything that walks the data: a 443-byte
+    "billion laughs" file became a 122 MB log line and ~850 MB of memory. Anchors stay allowed (an operator may
+    share selectors between pools); what is bounded is the size after expansion, computed on the composed node
+    graph before any Python object is built, counting a shared node once per place it appears. Composing
+    itself is bounded too: every node and alias event counts."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._composed = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        self._composed += 1
+        if self._composed > MAX_CONFIG_NODES:
+            raise yaml.YAMLError(f"more than {MAX_CONFIG_NODES} YAML nodes")
+        return super().compose_node(parent, index)
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        expanded = _expanded_size(node, MAX_CONFIG_NODES)
+        if expanded > MAX_CONFIG_NODES:
+            raise yaml.YAMLError(
+                f"its aliases expand to more than {MAX_CONFIG_NODES} YAML nodes (an alias bomb?); refused"
+            )
+        return node
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """How many nodes `root` stands for with every alias expanded; stops counting past `limit`. A node that
+    contains itself (`&a [*a]`) expands without end: it counts as past the limit."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            sizes[key] = min(limit + 1, 1 + sum(sizes[id(child)] for child in _children(node)))
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return limit + 1
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                return limit + 1
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def parse_config(data: object) -> ConfigResult:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-ANY_NAME = re.compile(r"^\S+$")
+ANY_NAME = re.compile(r"^\S+\Z")
 
 
 def one_of(values: tuple[str, ...]) -> str:
@@ -30,12 +30,41 @@ def binding(driver: str | None) -> str:
     return f"bound to {driver}" if driver else "unbound"
 
 
+MAX_QUOTE = 300  # characters of a value a message quotes: enough to recognise it, never a flood in the log
+_COUNT_UP_TO = 1 << 20  # past the cut, count this many more characters at most (a bomb would never end)
+
+
+def cut(text: str, limit: int = MAX_QUOTE) -> str:
+    """`text` itself when short, else its start and how much was left out: a message stays one readable line."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
 def show(value: object) -> str:
-    """A config value as a problem message quotes it: JSON where it can be, repr otherwise."""
+    """A config value as a problem message quotes it: JSON where it can be, repr otherwise; cut to MAX_QUOTE
+    characters. The JSON is encoded piece by piece and dropped past the cut, so a huge value (an alias bomb
+    handed to parse_config directly) never becomes a huge string."""
+    kept: list[str] = []
+    length = 0
     try:
-        return json.dumps(value, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        return repr(value)
+        for piece in json.JSONEncoder(sort_keys=True, default=str).iterencode(value):
+            if length <= MAX_QUOTE:
+                kept.append(piece)
+            length += len(piece)
+            if length > MAX_QUOTE + _COUNT_UP_TO:
+                return f"{''.join(kept)[:MAX_QUOTE]}… (over {_COUNT_UP_TO} more characters)"
+    except (TypeError, ValueError, RecursionError):
+        return _shown_by_repr(value)
+    text = "".join(kept)
+    return text if length <= MAX_QUOTE else f"{text[:MAX_QUOTE]}… ({length - MAX_QUOTE} more characters)"
+
+
+def _shown_by_repr(value: object) -> str:
+    try:
+        return cut(repr(value))
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"
 
 
 @dataclass(frozen=True)

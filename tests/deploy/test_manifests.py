@@ -340,8 +340,11 @@ def test_device_plugin_is_as_tight_as_it_can_be(overlay: dict[tuple[str, str, st
     flags = _flags(container["args"])
     assert flags["--plugin-dir"] == mounts["device-plugins"]["mountPath"] == host_paths["device-plugins"]
     assert {e["name"]: e.get("valueFrom") for e in container["env"]} == {
-        "NODE_NAME": {"fieldRef": {"fieldPath": "spec.nodeName"}}
+        "NODE_NAME": {"fieldRef": {"fieldPath": "spec.nodeName"}},
+        # The metrics endpoint binds the node's own address, not every address of the host network.
+        "NODE_IP": {"fieldRef": {"fieldPath": "status.hostIP"}},
     }
+    assert "--metrics-host" not in flags or flags["--metrics-host"] == "$(NODE_IP)"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "metrics"
     (port,) = container["ports"]

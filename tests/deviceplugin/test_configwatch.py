@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
+
+import pytest
 
 from deviceplugin.policy.configwatch import ConfigWatch
 
@@ -150,3 +153,69 @@ def test_running_watch_sees_a_swap(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert changes.contents == [SECOND]
+
+
+def _symlink_loop(path: Path) -> None:
+    """`path` → `path.loop` → `path`: every open and realpath of it fails with ELOOP."""
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    loop = path.with_name(path.name + ".loop")
+    os.symlink(loop.name, path)
+    os.symlink(path.name, loop)
+
+
+@pytest.mark.hardening
+def test_symlink_loop_is_skipped_once_and_the_next_valid_config_applied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17, finding 10: ELOOP used to end the watch for good, so no later config was ever applied."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(FIRST))
+    changes = Changes()
+
+    async def scenario() -> None:
+        watch = ConfigWatch(path, changes, interval=0.01)
+        watch.baseline()
+        task = asyncio.create_task(watch.run())
+        try:
+            _symlink_loop(path)
+            while "cannot be read" not in caplog.text:
+                assert not task.done(), "the watch ended"
+                await asyncio.sleep(0.01)
+            for _ in range(5):  # more polls of the same loop: logged once, not every poll
+                await watch.check()
+            assert not task.done(), "the watch ended"
+            path.unlink()
+            path.write_text(json.dumps(SECOND))
+            await asyncio.wait_for(changes.seen.wait(), 10)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level(logging.WARNING, logger="deviceplugin.policy.configwatch"):
+        asyncio.run(scenario())
+    assert changes.contents == [SECOND]
+    skipped = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(skipped) == 1
+    assert "Too many levels of symbolic links" in skipped[0]
+    assert "still watching" in skipped[0]
+
+
+@pytest.mark.hardening
+def test_each_poll_of_a_symlink_loop_is_a_skipped_poll(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One poll at a time: an error other than a missing file is a skipped poll (said once), not an exception."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(FIRST))
+    changes = Changes()
+    watch = ConfigWatch(path, changes)
+    watch.baseline()
+    path.unlink()
+    _symlink_loop(path)
+    with caplog.at_level(logging.WARNING, logger="deviceplugin.policy.configwatch"):
+        _checked(watch)
+        _checked(watch)
+    path.unlink()
+    path.write_text(json.dumps(SECOND))
+    _checked(watch)
+    assert changes.contents == [SECOND]
+    assert len([r for r in caplog.records if "cannot be read" in r.getMessage()]) == 1
