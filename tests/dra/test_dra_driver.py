@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from apiserver_stub import ApiServerStub
-from conftest import KubeletDirs, RunningDriver, dra_settings
+from dra_harness import KubeletDirs, RunningDriver, dra_settings
 from dra_kubelet_stub import DraKubeletStub, wait_until
 from dra_scenarios import DRIVER, NODE, allocated_claim, container_view
 
@@ -272,3 +272,29 @@ def test_api_server_outage_is_retried(running: RunningDriver, board: SampleBoard
     assert "pci-0001-01-00-5" not in published(apiserver)
     apiserver.down = False
     assert wait_until(lambda: "pci-0001-01-00-5" in published(apiserver), timeout=6.0)
+
+
+def test_a_kubelet_that_speaks_only_v1beta1_is_served_too(
+    board: SampleBoard, kubelet_dirs: KubeletDirs, kubeconfig: Path, apiserver: ApiServerStub, tmp_path: Path
+) -> None:
+    with DraKubeletStub(kubelet_dirs.registry, versions=("v1beta1.DRAPlugin",)) as kubelet, \
+            RunningDriver(dra_settings(board, kubelet_dirs, kubeconfig, tmp_path / "none.json")):
+        assert kubelet.wait_registered(DRIVER).version == "v1beta1.DRAPlugin"
+        apiserver.put_claim(allocated_claim("dpdk", "uid-1", [("dprc", "dprc-2")]))
+        answer = kubelet.prepare(DRIVER, [("default", "dpdk", "uid-1")])["uid-1"]
+        assert answer.error == "" and answer.devices[0]["cdiDeviceIDs"] == ["vnfio.io/vfio=uid-1-dprc-2"]
+        assert kubelet.unprepare(DRIVER, [("default", "dpdk", "uid-1")]) == {"uid-1": ""}
+
+
+def test_metrics_count_prepares_unprepares_and_durations(
+    running: RunningDriver, apiserver: ApiServerStub, dra_kubelet: DraKubeletStub
+) -> None:
+    apiserver.put_claim(allocated_claim("dpdk", "uid-1", [("dprc", "dprc-2")]))
+    dra_kubelet.prepare(DRIVER, [("default", "dpdk", "uid-1")])
+    dra_kubelet.unprepare(DRIVER, [("default", "dpdk", "uid-1")])
+    assert running.sample("vnfio_dra_prepares_total") == 1
+    assert running.sample("vnfio_dra_unprepares_total") == 1
+    assert running.sample("vnfio_dra_duration_seconds_count", call="prepare") == 1
+    assert running.sample("vnfio_dra_duration_seconds_count", call="unprepare") == 1
+    assert running.sample("vnfio_devices", resource="nxp.com/dpaa2_dprc", health="Healthy") == 2
+    assert running.metrics.ready() == (True, "ok")
