@@ -298,3 +298,28 @@ def test_metrics_count_prepares_unprepares_and_durations(
     assert running.sample("vnfio_dra_duration_seconds_count", call="unprepare") == 1
     assert running.sample("vnfio_devices", resource="nxp.com/dpaa2_dprc", health="Healthy") == 2
     assert running.metrics.ready() == (True, "ok")
+
+
+def test_a_hot_plug_uevent_reaches_the_slices_within_a_second(
+    board: SampleBoard, kubelet_dirs: KubeletDirs, kubeconfig: Path, apiserver: ApiServerStub,
+    dra_kubelet: DraKubeletStub, tmp_path: Path,
+) -> None:
+    """The whole path: kernel uevent → the core's listener → rescan → the publisher → the API server."""
+    import socket
+    from dataclasses import replace
+
+    kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    settings = dra_settings(board, kubelet_dirs, kubeconfig, tmp_path / "none.json")
+    settings = replace(settings, daemon=replace(settings.daemon, uevents=True))
+    try:
+        with RunningDriver(settings, uevent_socket=lambda: ours):
+            assert wait_until(lambda: sorted(published(apiserver)) == BOARD_DEVICES)
+            board.add_vf("0001:01:00.5", 23)
+            started = time.monotonic()
+            kernel.send(b"bind@/devices/platform/soc/3800000.pcie/pci0001:00/0001:00:00.0/0001:01:00.5\0"
+                        b"ACTION=bind\0SUBSYSTEM=pci\0DRIVER=vfio-pci\0PCI_SLOT_NAME=0001:01:00.5\0SEQNUM=1\0")
+            assert wait_until(lambda: "pci-0001-01-00-5" in published(apiserver), timeout=1.0)
+            assert time.monotonic() - started < 1.0
+    finally:
+        kernel.close()
