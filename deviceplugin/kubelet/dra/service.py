@@ -166,7 +166,8 @@ class DraServer:
         for server in reversed(servers):
             await server.stop(_STOP_GRACE)
         for path in (self.registration, self.endpoint):
-            if self._identities.pop(path, None) is not None and _identity(path) is not None:
+            ours = self._identities.pop(path, None)
+            if ours is not None and _identity(path) == ours:  # never a socket someone else made since
                 with suppress(OSError):
                     path.unlink()
 
