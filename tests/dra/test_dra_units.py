@@ -58,6 +58,16 @@ def test_allocation_results_take_only_this_driver_and_pool() -> None:
         allocation_results({"metadata": {"uid": "u"}}, "u", "vnfio.io", "node-a")
     with pytest.raises(ClaimError, match=r"has no device of vnfio\.io on node-c"):
         allocation_results(claim, "u", "vnfio.io", "node-c")
+    claim["status"]["allocation"]["devices"]["config"] = [
+        {"source": "FromClaim", "opaque": {"driver": "gpu.example.com", "parameters": {}}}
+    ]
+    assert len(allocation_results(claim, "u", "vnfio.io", "node-a")) == 1  # another driver's config is its own
+    claim["status"]["allocation"]["devices"]["config"].append(
+        {"source": "FromClaim", "opaque": {"driver": "vnfio.io", "parameters": {"mtu": 9000}}}
+    )
+    with pytest.raises(ClaimError, match="takes none") as refused:
+        allocation_results(claim, "u", "vnfio.io", "node-a")
+    assert refused.value.reason == "unsupported"
 
 
 def test_checkpoint_round_trip_and_a_corrupt_file_is_kept_aside(tmp_path: Path) -> None:

@@ -105,6 +105,13 @@ def allocation_results(claim: Mapping[str, Any], uid: str, driver: str, pool: st
     allocation = (claim.get("status") or {}).get("allocation")
     if not allocation:
         raise ClaimError("not-allocated", f"ResourceClaim {metadata.get('name')} is not allocated")
+    for config in (allocation.get("devices") or {}).get("config") or []:
+        if ((config or {}).get("opaque") or {}).get("driver") == driver:
+            # vnfio has no per-claim settings: a config meant for it would be silently ignored otherwise.
+            raise ClaimError(
+                "unsupported", f"ResourceClaim {metadata.get('name')} carries opaque config for {driver}, which "
+                "takes none"
+            )
     results = [
         AllocationResult(str(r.get("request", "")), str(r.get("device", "")))
         for r in (allocation.get("devices") or {}).get("results") or []
