@@ -39,13 +39,9 @@ PCIE_ROOT = "resource.kubernetes.io/pcieRoot"
 
 
 def pcie_root(fn: PciDevice) -> str | None:
-    """The PCIe root complex as Kubernetes names it (`pci0001:00`: the sysfs directory of the host bridge),
-    from the root port above the function; None when discovery found none."""
-    root = fn.root_device or fn.pf_address
-    if root is None:
-        return None
-    domain, bus, _ = root.split(":", 2)
-    return f"pci{domain}:{bus}"
+    """The PCIe root complex as Kubernetes names it (`pci0001:00`, the host bridge's sysfs directory, which
+    `resource.kubernetes.io/pcieRoot` also uses); None when discovery found none."""
+    return fn.pcie_root
 
 
 def _hex4(value: str) -> str:
