@@ -67,6 +67,9 @@ class PciDevice:
     netdev: str | None = None  # this function's netdev name, when kernel-bound
     root_device: str | None = None  # the upstream bridge/root port address, when there is one
     vf_index: int | None = None  # for a VF: N of the PF's `virtfnN` link that leads to it; None when unknown
+    # The host bridge's sysfs directory above it (`pci0001:00`), when there is one. Derived from where the function
+    # sits, like root_device, so it does not take part in comparing records.
+    pcie_root: str | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:

@@ -6,7 +6,10 @@
 3. starts the device plugin daemon against it and a kubelet stand-in (the one the tests use), and shows what
    kubelet sees;
 4. allocates devices for an example DPDK pod and prints what the pod would get (device nodes, env);
-5. wires two network namespaces with the `vnfio` CNI plugin in bridge mode through its node daemon, pings
+5. runs the DRA driver (`vnfio-dra-driver --sample-board`) against a kubelet stand-in (plugin manager and DRA
+   manager) and an API server stand-in: shows the ResourceSlice it publishes, prepares a claim for a DPAA2
+   container and one for two VFs, prints what their CDI specs give the container, and unprepares them;
+6. wires two network namespaces with the `vnfio` CNI plugin in bridge mode through its node daemon, pings
    between them and to the gateway, and deletes them again.
 
 Every step prints what it does. Everything it creates (folders, namespaces, links, processes) is removed
@@ -111,6 +114,65 @@ def device_plugin_part(tmp: Path) -> None:
                 raise RuntimeError("the device plugin did not shut down cleanly")
 
 
+def dra_part(tmp: Path) -> None:
+    from apiserver_stub import ApiServerStub
+    from dra_harness import write_kubeconfig
+    from dra_kubelet_stub import DraKubeletStub, wait_until
+    from dra_scenarios import DRIVER, NODE, allocated_claim, container_view
+
+    step("DRA: an API server stand-in, a kubelet stand-in watching plugins_registry, and vnfio-dra-driver")
+    registry, plugins, cdi = tmp / "plugins_registry", tmp / "plugins", tmp / "cdi"
+    apiserver = ApiServerStub(nodes=(NODE,)).start()
+    try:
+        kubeconfig = write_kubeconfig(tmp / "kubeconfig", apiserver.url)
+        with DraKubeletStub(registry) as kubelet:
+            args = [BIN / "vnfio-dra-driver", "--sample-board", "--node-name", NODE, "--kubeconfig", kubeconfig,
+                    "--plugins-registry-dir", registry, "--plugins-dir", plugins, "--cdi-dir", cdi, "--no-uevents"]
+            with process([str(a) for a in args], tmp / "dra-driver.log") as driver:
+                plugin = kubelet.wait_registered(DRIVER, timeout=30)
+                show(f"kubelet: registered DRA driver {plugin.name} ({plugin.version}) at {plugin.endpoint}")
+                if not wait_until(lambda: bool(apiserver.slice_list()), timeout=15):
+                    raise RuntimeError("no ResourceSlice was published")
+                (published,) = apiserver.slice_list()
+                spec = published["spec"]
+                show(f"ResourceSlice {published['metadata']['name']}: pool {spec['pool']}")
+                for device in spec["devices"]:
+                    attrs = ", ".join(f"{k}={next(iter(v.values()))}" for k, v in device["attributes"].items())
+                    show(f"  {device['name']}: {attrs}")
+
+                claims = {
+                    "uid-dpdk": allocated_claim("dpdk", "uid-dpdk", [("dprc", "dprc-2")]),
+                    "uid-vfs": allocated_claim(
+                        "vfs", "uid-vfs", [("vf", "pci-0001-01-00-1"), ("vf", "pci-0001-01-00-2")]
+                    ),
+                }
+                for claim in claims.values():
+                    apiserver.put_claim(claim)
+                refs = [("default", c["metadata"]["name"], uid) for uid, c in claims.items()]
+                step("DRA: kubelet prepares a claim for one DPAA2 container and one for two VFs")
+                answers = kubelet.prepare(DRIVER, refs)
+                for uid, answer in answers.items():
+                    if answer.error:
+                        raise RuntimeError(f"prepare {uid}: {answer.error}")
+                    ids = [i for d in answer.devices for i in d["cdiDeviceIDs"]]
+                    show(f"claim {uid}: CDI devices {ids}")
+                    env, nodes = container_view(cdi / f"vnfio-{DRIVER}-vfio-{uid}.json", ids)
+                    for container_path, host_path, permissions in sorted(nodes):
+                        show(f"  device {host_path} -> {container_path} ({permissions})")
+                    for key, value in sorted(env.items()):
+                        show(f"  env    {key}={value}")
+                step("DRA: kubelet unprepares them; the driver removes the CDI specs and stops on SIGTERM")
+                errors = kubelet.unprepare(DRIVER, refs)
+                show(f"unprepare errors: {errors}; CDI specs left: {sorted(p.name for p in cdi.iterdir()) or 'none'}")
+                driver.send_signal(signal.SIGTERM)
+                code = driver.wait(15)
+                show(f"exit code {code}")
+                if code != 0 or any(errors.values()):
+                    raise RuntimeError("the DRA driver did not finish cleanly")
+    finally:
+        apiserver.stop()
+
+
 def cni_part(tmp: Path) -> None:
     from cni_helpers import Netns, ping
 
@@ -193,6 +255,7 @@ def main() -> int:
         tmp = Path(name)
         try:
             device_plugin_part(tmp)
+            dra_part(tmp)
             cni_part(tmp)
         except Exception as exc:
             print(f"\nDEMO FAILED: {exc}", file=sys.stderr)

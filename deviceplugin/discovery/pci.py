@@ -16,6 +16,9 @@ from deviceplugin.discovery.sysfs import (
 )
 from deviceplugin.records import PciDevice
 
+# The host bridge's sysfs directory (`pci0001:00`): the PCIe root complex a function sits under.
+_PCIE_ROOT = re.compile(r"^pci[0-9a-f]{4}:[0-9a-f]{2}\Z")
+
 _HEX = re.compile(r"^0x([0-9a-fA-F]+)\Z")
 _VIRTFN = re.compile(r"^virtfn([0-9]+)\Z")
 
@@ -122,4 +125,5 @@ def _read_function(
         netdev=_netdev(fdir),
         root_device=fdir.parent.name if is_pci_address(fdir.parent.name) else None,
         vf_index=vf_index,
+        pcie_root=next((part for part in fdir.parts if _PCIE_ROOT.match(part)), None),
     )

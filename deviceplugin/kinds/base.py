@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from deviceplugin.policy.health import Unit
     from deviceplugin.records import Inventory, PoolDevice, ResourcePool
 
+# A DRA device attribute value: ResourceSlices carry exactly one of int, bool, string (or version) per attribute.
+Attribute = int | bool | str
+
 # A config problem reporter: `bad(key, reason)` records that the pool's `key` is wrong for `reason`.
 Bad = Callable[[str, str], None]
 
@@ -52,4 +55,10 @@ class DeviceKind(Protocol):
 
     def check_request(self, pool: ResourcePool, devices: Sequence[PoolDevice]) -> None:
         """Refuse a request the workload cannot use (raises an `AllocationError` subclass); None when fine."""
+        ...
+
+    def attributes(self, device: PoolDevice, inventory: Inventory) -> dict[str, Attribute]:
+        """What a DRA DeviceClass or claim can select this device by, beyond the attributes every kind shares
+        (`type`, `resource`, `iommuGroup`, `numaNode`): unprefixed names belong to the driver's domain, others
+        carry their own (`resource.kubernetes.io/pciBusID`). Values are int, bool or str."""
         ...

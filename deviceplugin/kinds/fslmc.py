@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deviceplugin.discovery.fslmc import VFIO_FSL_MC, discover_containers
-from deviceplugin.kinds.base import Bad
+from deviceplugin.kinds.base import Attribute, Bad
 from deviceplugin.policy.health import Unit, group_health, group_nodes, judge
 from deviceplugin.policy.selectors import ANY_NAME, KeyParser, ListKey, binding, one_of, parse_keys, show
 from deviceplugin.records import (
@@ -145,6 +145,17 @@ class FslMcKind:
                 f"{pool.resource_name}: {len(devices)} DPAA2 containers asked for one container "
                 f"({', '.join(d.id for d in devices)}); DPDK uses one DPRC per process, ask for 1"
             )
+
+    def attributes(self, device: PoolDevice, inventory: Inventory) -> dict[str, Attribute]:
+        """`dprc` (the name DPDK's `DPRC` takes) and the container's object counts (`dpni`, `dpio`, ...), so a
+        DeviceClass or claim can ask for a container with enough of them, as `minObjects` does in the config."""
+        attributes: dict[str, Attribute] = {"dprc": device.container or device.id}
+        container = next((c for c in inventory.of(NAME) if c.name == device.container), None)
+        if container is not None:
+            attributes.update(
+                {kind: count for kind, count in sorted(container.object_counts.items()) if kind in OBJECT_TYPES}
+            )
+        return attributes
 
 
 def _unit(container: FslMcContainer, selectors: FslMcSelectors, inventory: Inventory, known: set[str]) -> Unit:

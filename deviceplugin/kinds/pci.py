@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from deviceplugin.discovery.iommu import is_vfio_driver
 from deviceplugin.discovery.pci import discover_pci
-from deviceplugin.kinds.base import Bad
+from deviceplugin.kinds.base import Attribute, Bad
 from deviceplugin.policy.health import Unit, group_health, group_nodes, judge
 from deviceplugin.policy.selectors import ANY_NAME, KeyParser, ListKey, binding, one_of, parse_keys, show
 from deviceplugin.records import Inventory, PciDevice, PoolDevice, ResourcePool, env_suffix
@@ -33,6 +33,15 @@ _RANGE_ITEM = re.compile(r"^([0-9]{1,10})(?:-([0-9]{1,10}))?\Z")
 _HEX4 = re.compile(r"^(0x)?[0-9a-fA-F]{4}\Z")
 _PCI_ADDRESS = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\Z")
 _IFNAME = re.compile(r"^[^/\s:]{1,15}\Z")
+# Kubernetes' standard device attributes for PCI (k8s.io/dynamic-resource-allocation/deviceattribute).
+PCI_BUS_ID = "resource.kubernetes.io/pciBusID"
+PCIE_ROOT = "resource.kubernetes.io/pcieRoot"
+
+
+def pcie_root(fn: PciDevice) -> str | None:
+    """The PCIe root complex as Kubernetes names it (`pci0001:00`, the host bridge's sysfs directory, which
+    `resource.kubernetes.io/pcieRoot` also uses); None when discovery found none."""
+    return fn.pcie_root
 
 
 def _hex4(value: str) -> str:
@@ -243,6 +252,25 @@ class PciKind:
 
     def check_request(self, pool: ResourcePool, devices: Sequence[PoolDevice]) -> None:
         """Any number of functions may go to one container."""
+
+    def attributes(self, device: PoolDevice, inventory: Inventory) -> dict[str, Attribute]:
+        """`vendor`, `device` and `pfName` as the selectors name them, and the standard PCI attributes
+        (`resource.kubernetes.io/pciBusID`, `resource.kubernetes.io/pcieRoot`) a claim can align with other
+        drivers' devices by. A whole multi-function group has no single bus ID: only what its functions share."""
+        by_address = {fn.address: fn for fn in inventory.of(NAME)}
+        functions = [by_address[a] for a in device.pci_addresses if a in by_address]
+        attributes: dict[str, Attribute] = {}
+        for key, values in (
+            ("vendor", {fn.vendor for fn in functions}),
+            ("device", {fn.device for fn in functions}),
+            ("pfName", {fn.pf_name for fn in functions if fn.pf_name}),
+            (PCIE_ROOT, {pcie_root(fn) for fn in functions} - {None}),
+        ):
+            if len(values) == 1:
+                attributes[key] = values.pop()
+        if len(device.pci_addresses) == 1:
+            attributes[PCI_BUS_ID] = device.pci_addresses[0]
+        return attributes
 
 
 def _unit(

@@ -192,6 +192,62 @@ class PluginMetrics:
         return True, "ok"
 
 
+class DraMetrics(PluginMetrics):
+    """The DRA driver's metrics: the shared ones (devices by health, rescans, config) plus prepares,
+    unprepares, failures by reason, their durations, the devices its ResourceSlices publish, and registration
+    with kubelet. Pools are not registered one by one under DRA, so readiness is the driver's registration."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, stale_after: float = DEFAULT_STALE_AFTER) -> None:
+        super().__init__(registry, stale_after=stale_after)
+        r = self.registry
+        self.prepares = Counter("vnfio_dra_prepares", "Claims prepared (NodePrepareResources)", registry=r)
+        self.unprepares = Counter("vnfio_dra_unprepares", "Claims unprepared (NodeUnprepareResources)", registry=r)
+        self.dra_failures = Counter(
+            "vnfio_dra_failures", "Claims that failed to prepare or unprepare, by reason", ["call", "reason"],
+            registry=r,
+        )
+        self.dra_seconds = Histogram(
+            "vnfio_dra_duration_seconds", "Time to prepare or unprepare one claim", ["call"],
+            buckets=_RPC_BUCKETS, registry=r,
+        )
+        self.published = Gauge(
+            "vnfio_dra_published_devices", "Devices in this node's ResourceSlices, by health (only Healthy ones are "
+            "published; Unhealthy counts the devices left out for their health)", ["health"], registry=r,
+        )
+        self.slice_generation = Gauge("vnfio_dra_slice_generation", "Generation of the published pool", registry=r)
+        self.driver_registered = Gauge(
+            "vnfio_dra_registered", "1 while kubelet has registered the driver", registry=r
+        )
+
+    def set_pool(self, pool: ResourcePool) -> None:
+        resource = pool.resource_name
+        healthy = sum(1 for dev in pool.devices if dev.healthy)
+        self.devices.labels(resource, HEALTHY).set(healthy)
+        self.devices.labels(resource, UNHEALTHY).set(len(pool.devices) - healthy)
+        with self._lock:
+            self._resources.add(resource)
+
+    def observe_claim(self, call: str, seconds: float, reason: str) -> None:
+        self.dra_seconds.labels(call).observe(seconds)
+        if reason:
+            self.dra_failures.labels(call, reason).inc()
+        elif call == "prepare":
+            self.prepares.inc()
+        else:
+            self.unprepares.inc()
+
+    def set_published(self, healthy: int, unhealthy: int, generation: int) -> None:
+        self.published.labels(HEALTHY).set(healthy)
+        self.published.labels(UNHEALTHY).set(unhealthy)
+        self.slice_generation.set(generation)
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when kubelet registered the driver."""
+        if self.registry.get_sample_value("vnfio_dra_registered") != 1:
+            return False, "not registered with kubelet"
+        return True, "ok"
+
+
 # ---------------------------------------------------------------------------------------- endpoint
 class _BoundedWSGIServer(WSGIServer):
     """A WSGI server with one thread per connection, but at most `max_connections` of them, and none older than
