@@ -207,6 +207,7 @@ def test_rendered_output_validates_strictly(rendered: list[dict[str, Any]]) -> N
         [
             *("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"),
             *("ConfigMap", "ConfigMap", "DaemonSet", "DaemonSet"),
+            *("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"),
         ]
     )
     for obj in rendered:
