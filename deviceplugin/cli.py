@@ -50,9 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sample-board":
-        from deviceplugin.sampleboard import build_sample_board
+        from deviceplugin.sampleboard import full_sample_board
 
-        board = build_sample_board(args.root, noiommu=args.noiommu)
+        board = full_sample_board(args.root, noiommu=args.noiommu)
         print(f"sysfs root: {board.sys}\ndev root:   {board.dev}")
         return 0
     if args.command == "list":

@@ -31,7 +31,7 @@ from deviceplugin.kubelet.dpapi.kubeletwatch import KubeletWatch, file_identity,
 from deviceplugin.kubelet.dpapi.server import RpcEvent, RpcObserver
 from deviceplugin.observability.metrics import MetricsEndpoint, PluginMetrics, serve_metrics
 from deviceplugin.observability.nodeinfo import NodeReporter
-from deviceplugin.policy.config import SAMPLE_CONFIG, ConfigError, ConfigResult, PoolConfig, load_config, parse_config
+from deviceplugin.policy.config import SAMPLE_BOARD_CONFIG, ConfigError, ConfigResult, PoolConfig, load_config, parse_config
 from deviceplugin.policy.configwatch import DEFAULT_POLL_INTERVAL as CONFIG_POLL_INTERVAL
 from deviceplugin.policy.configwatch import ConfigWatch
 from deviceplugin.policy.pools import build_pools
@@ -186,7 +186,7 @@ class Daemon:
         path = self.settings.config
         if self._sample_config and not path.exists():
             log.info("no config at %s: using the built-in sample config", path)
-            return parse_config(SAMPLE_CONFIG)
+            return parse_config(SAMPLE_BOARD_CONFIG)
         return load_config(path)
 
     async def reload_config(self, path: Path) -> bool:
@@ -386,10 +386,10 @@ def run_daemon(settings: DaemonSettings, sample_board: bool = False) -> int:
     setup_logging(settings.log_level)
     if not sample_board:
         return asyncio.run(_serve(Daemon(settings)))
-    from deviceplugin.sampleboard import build_sample_board
+    from deviceplugin.sampleboard import full_sample_board
 
     with tempfile.TemporaryDirectory(prefix="vnfio-sample-board-") as tmp:
-        board = build_sample_board(Path(tmp))
+        board = full_sample_board(Path(tmp))
         log.info("sample board: sysfs root %s, dev root %s", board.sys, board.dev)
         settings = replace(settings, sysfs_root=board.sys, dev_root=board.dev)
         return asyncio.run(_serve(Daemon(settings, sample_config=True)))

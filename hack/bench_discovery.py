@@ -1,4 +1,4 @@
-"""Discovery speed on a big board: the sample board plus 10,000 extra vfio-pci VFs (40 PFs × 250), each in its
+"""Discovery speed on a big board: the sample board plus 10,000 extra vfio-pci VFs (40 PFs of 250), each in its
 own IOMMU group with its /dev/vfio node, written with the kernel's layout (relative links, real attribute files).
 
 Every rescan (uevent or timer) pays a full discovery, so this is the number that bounds how fast a node with

@@ -43,6 +43,11 @@ def discover(sysfs_root: Path, dev_root: Path, kinds: Iterable[DeviceKind] | Non
     except SysfsError as exc:
         problems.append(str(exc))
         vfio_node = None
+    try:
+        iommufd = device_node(dev_root / "iommu", dev_root)
+    except SysfsError as exc:
+        problems.append(str(exc))
+        iommufd = None
     for problem in problems:
         log.debug("discovery: %s", problem)
     return Inventory(
@@ -50,6 +55,7 @@ def discover(sysfs_root: Path, dev_root: Path, kinds: Iterable[DeviceKind] | Non
         groups=groups,
         noiommu=noiommu,
         vfio_container_node=vfio_node,
+        iommufd_node=iommufd,
         problems=tuple(problems),
         dev_root=str(dev_root),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def _read_group(
 ) -> IommuGroup:
     members: list[str] = []
     drivers: dict[str, str | None] = {}
+    cdevs: dict[str, str] = {}
     not_viable: list[str] = []
     try:
         names = entries(gdir / "devices")
@@ -75,6 +77,8 @@ def _read_group(
             not_viable.append(f"{member} cannot be read")
             continue
         drivers[member] = driver
+        if (cdev := _cdev_name(mdir, problems)) is not None:
+            cdevs[member] = cdev
         # VFIO's viability rule: vfio-bound or driverless; bridges may stay on pcieport.
         if not (driver is None or is_vfio_driver(driver) or (bridge and driver == "pcieport")):
             not_viable.append(f"{member} is bound to {driver}")
@@ -91,6 +95,13 @@ def _read_group(
     except SysfsError as exc:
         problems.append(f"iommu group {number}: {exc}")
         node = None
+    cdev_nodes: dict[str, str | None] = {}
+    for member, cdev in cdevs.items():
+        try:
+            cdev_nodes[member] = device_node(dev_root / "vfio/devices" / cdev, dev_root)
+        except SysfsError as exc:
+            problems.append(f"iommu group {number}: member {member}: {exc}")
+            cdev_nodes[member] = None
     return IommuGroup(
         number=number,
         members=tuple(sorted(members)),
@@ -99,4 +110,23 @@ def _read_group(
         why_not_viable="; ".join(not_viable) or None,
         dev_node=node,
         noiommu=group_noiommu,
+        cdevs=cdevs,
+        cdev_nodes=cdev_nodes,
     )
+
+
+def _cdev_name(device_dir: Path, problems: list[str]) -> str | None:
+    """The device's VFIO cdev `vfioX` (`<device>/vfio-dev/vfioX/dev`, CONFIG_VFIO_DEVICE_CDEV); None without one.
+
+    A kernel with the vfio-dev class but without the option shows `vfio-dev/vfioX` with no `dev`: no node."""
+    try:
+        names = [n for n in os.listdir(device_dir / "vfio-dev") if n.startswith("vfio")]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        problems.append(f"cannot list {device_dir / 'vfio-dev'}: {exc.strerror or exc}")
+        return None
+    for name in sorted(names):
+        if os.path.isfile(device_dir / "vfio-dev" / name / "dev"):
+            return name
+    return None
