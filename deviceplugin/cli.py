@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from deviceplugin.settings import DEFAULT_CONFIG, DEFAULT_PLUGIN_DIR, DaemonSettings
+from deviceplugin.settings import DEFAULT_CONFIG, DEFAULT_DEVICE_INFO_DIR, DEFAULT_PLUGIN_DIR, DaemonSettings
 
 
 def _add_roots(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +37,18 @@ def _parser() -> argparse.ArgumentParser:
         "--node-name", default=None, help="label this node and post events (default: $NODE_NAME; unset = off)"
     )
     parser.add_argument("--no-uevents", action="store_true", help="rescan on the timer only")
+    parser.add_argument(
+        "--cdi-dir", type=Path, default=None, help="write one CDI spec per pool here and name CDI devices (off)"
+    )
+    parser.add_argument(
+        "--cdi-only", action="store_true", help="with --cdi-dir: Allocate gives no DeviceSpecs (env stays)"
+    )
+    parser.add_argument(
+        "--device-info-dir",
+        default=str(DEFAULT_DEVICE_INFO_DIR),
+        help=f"device-info-spec files for PCI devices, written at Allocate (default {DEFAULT_DEVICE_INFO_DIR}; "
+        "empty = off)",
+    )
     sub = parser.add_subparsers(dest="command")
     listing = sub.add_parser("list", help="print the pools and their devices without registering (dry run)")
     _add_roots(listing)
@@ -72,7 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_host=args.metrics_host,
         node_name=args.node_name or DaemonSettings.node_name_from_env(),
         uevents=not args.no_uevents,
+        cdi_dir=args.cdi_dir,
+        cdi_only=args.cdi_only,
+        device_info_dir=Path(args.device_info_dir) if args.device_info_dir else None,
     )
+    if args.cdi_only and args.cdi_dir is None:
+        print("vnfio-device-plugin: --cdi-only needs --cdi-dir", file=sys.stderr)
+        return 2
     return run_daemon(settings, sample_board=args.sample_board)
 
 

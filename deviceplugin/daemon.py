@@ -28,10 +28,18 @@ from deviceplugin.discovery.uevents import Uevent, UeventListener, open_uevent_s
 from deviceplugin.kubelet.dpapi.endpoint import PoolEndpoint
 from deviceplugin.kubelet.dpapi.kubeletwatch import DEFAULT_POLL_INTERVAL as KUBELET_POLL_INTERVAL
 from deviceplugin.kubelet.dpapi.kubeletwatch import KubeletWatch, file_identity, kubelet_socket
+from deviceplugin.kubelet.dpapi.outputs import OutputSettings, check_output_dir
 from deviceplugin.kubelet.dpapi.server import RpcEvent, RpcObserver
 from deviceplugin.observability.metrics import MetricsEndpoint, PluginMetrics, serve_metrics
 from deviceplugin.observability.nodeinfo import NodeReporter
-from deviceplugin.policy.config import SAMPLE_BOARD_CONFIG, ConfigError, ConfigResult, PoolConfig, load_config, parse_config
+from deviceplugin.policy.config import (
+    SAMPLE_BOARD_CONFIG,
+    ConfigError,
+    ConfigResult,
+    PoolConfig,
+    load_config,
+    parse_config,
+)
 from deviceplugin.policy.configwatch import DEFAULT_POLL_INTERVAL as CONFIG_POLL_INTERVAL
 from deviceplugin.policy.configwatch import ConfigWatch
 from deviceplugin.policy.pools import build_pools
@@ -100,6 +108,11 @@ class Daemon:
             log.error("%s", exc)
             return 1
         self.metrics.config_loaded(True)
+        try:
+            self._check_output_dirs()
+        except OSError as exc:
+            log.error("%s", exc.strerror or exc)
+            return 1
         if self.settings.metrics_port:
             try:
                 self.metrics_endpoint = serve_metrics(
@@ -139,6 +152,11 @@ class Daemon:
         await self._shutdown()
         return 0
 
+    def _check_output_dirs(self) -> None:
+        for flag, path in (("--cdi-dir", self.settings.cdi_dir), ("--device-info-dir", self.settings.device_info_dir)):
+            if path is not None:
+                check_output_dir(path, flag)
+
     def _config_watch(self) -> ConfigWatch | None:
         if self._sample_config and not self.settings.config.exists():
             return None  # the built-in sample: nothing on disk to follow
@@ -173,6 +191,8 @@ class Daemon:
             await self._tasks.stop()
             await asyncio.gather(*(endpoint.cancel_registration() for endpoint in self.endpoints.values()))
             await asyncio.gather(*(endpoint.stop() for endpoint in self.endpoints.values()))
+            for endpoint in self.endpoints.values():
+                endpoint.release_outputs()
             self.endpoints.clear()
         if self.metrics_endpoint is not None:
             await asyncio.to_thread(self.metrics_endpoint.close)
@@ -267,6 +287,7 @@ class Daemon:
             if endpoint.serving:
                 log.info("pool %s is no longer configured", resource, extra={"resource": resource})
             await endpoint.stop()
+            endpoint.release_outputs()
         for resource in [r for r in self.pools if r not in pools]:
             self.metrics.forget_pool(resource)
         for pool in pools.values():
@@ -293,6 +314,7 @@ class Daemon:
             kubelet_watch=self.kubelet_watch,
             kubelet_changed=lambda: self._kubelet_changed,
             observer=self._observe_rpc,
+            outputs=OutputSettings(self.settings.cdi_dir, self.settings.cdi_only, self.settings.device_info_dir),
         )
 
     def _clash(self, endpoint: PoolEndpoint) -> str | None:
