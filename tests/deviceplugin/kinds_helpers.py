@@ -23,7 +23,12 @@ PLATFORM_POOL: dict[str, Any] = {
     "deviceType": "platform",
     "selectors": {"drivers": ["vfio-platform", "vfio-amba"]},
 }
-VHOST_POOL: dict[str, Any] = {"resourceName": "vhost", "resourcePrefix": "vnfio.io", "deviceType": "vhost-net", "count": 4}
+VHOST_POOL: dict[str, Any] = {
+    "resourceName": "vhost",
+    "resourcePrefix": "vnfio.io",
+    "deviceType": "vhost-net",
+    "count": 4,
+}
 VF_POOL: dict[str, Any] = {
     "resourceName": "intel_vf",
     "resourcePrefix": "intel.com",

@@ -56,7 +56,9 @@ def test_a_group_the_selectors_only_partly_take_is_never_split(full_board: Sampl
 def test_compatibles_name_a_kernel_owned_device_which_is_left_out_with_the_reason(full_board: SampleBoard) -> None:
     pool = pools_of(full_board, {**PLATFORM_POOL, "selectors": {"compatibles": ["fsl,esdhc"]}})[SOC]
     assert pool.devices == ()
-    assert dict(pool.excluded)["2140000.mmc"] == "2140000.mmc needs vfio-platform or vfio-amba but is bound to sdhci-esdhc"
+    assert (
+        dict(pool.excluded)["2140000.mmc"] == "2140000.mmc needs vfio-platform or vfio-amba but is bound to sdhci-esdhc"
+    )
 
 
 def test_selector_problems_name_pool_key_and_reason() -> None:

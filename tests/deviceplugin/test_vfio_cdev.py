@@ -38,7 +38,10 @@ def test_sample_board_cdevs_follow_the_real_layout(full_board: SampleBoard) -> N
     [
         ("group", ["/dev/vfio/vfio", "/dev/vfio/22"]),
         ("cdev", ["/dev/iommu", "/dev/vfio/devices/vfio{a}", "/dev/vfio/devices/vfio{b}"]),
-        ("both", ["/dev/vfio/vfio", "/dev/vfio/22", "/dev/iommu", "/dev/vfio/devices/vfio{a}", "/dev/vfio/devices/vfio{b}"]),
+        (
+            "both",
+            ["/dev/vfio/vfio", "/dev/vfio/22", "/dev/iommu", "/dev/vfio/devices/vfio{a}", "/dev/vfio/devices/vfio{b}"],
+        ),
     ],
 )
 def test_allocate_gives_the_nodes_of_the_interface(

@@ -45,7 +45,12 @@ def test_need_vhost_net_adds_the_nodes_to_another_kind(
     with running(board, plugin_dir, config):
         kubelet.wait_for(VF, lambda d: len(d) == 3 and all(x.healthy for x in d.values()))
         response = kubelet.allocate(VF, ["0001:01:00.1"])
-        assert [c for _, c, _ in nodes(response)] == ["/dev/vfio/vfio", "/dev/vfio/20", "/dev/net/tun", "/dev/vhost-net"]
+        assert [c for _, c, _ in nodes(response)] == [
+            "/dev/vfio/vfio",
+            "/dev/vfio/20",
+            "/dev/net/tun",
+            "/dev/vhost-net",
+        ]
         assert response.envs["PCIDEVICE_INTEL_COM_INTEL_VF"] == "0001:01:00.1"
 
 
