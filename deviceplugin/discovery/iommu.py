@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from deviceplugin.discovery.sysfs import SysfsError, device_node, driver_name, entries, read_value, resolve_inside
+from deviceplugin.discovery.sysfs import SysfsError, device_node, driver_name, entries, read_value, real_dir
 from deviceplugin.records import IommuGroup
 
 _GROUP = re.compile(r"^[0-9]+$")
@@ -56,8 +56,9 @@ def _read_group(
     drivers: dict[str, str | None] = {}
     cdevs: dict[str, str] = {}
     not_viable: list[str] = []
+    gpath = os.fspath(gdir)
     try:
-        names = entries(gdir / "devices")
+        names = entries(f"{gpath}/devices")
     except SysfsError as exc:
         problems.append(f"iommu group {number}: {exc}")
         names = []
@@ -65,12 +66,13 @@ def _read_group(
     for member in names:
         members.append(member)
         try:
-            mdir = resolve_inside(gdir / "devices" / member, sysfs_root)
-            if mdir.name != member:
+            mdir = real_dir(f"{gpath}/devices/{member}", sysfs_root)
+            leads_to = mdir.rpartition("/")[2]
+            if leads_to != member:
                 # The entry's name is what devices are matched by; its driver must be that device's driver.
-                raise SysfsError(f"the entry leads to {mdir.name}, not to {member}")
+                raise SysfsError(f"the entry leads to {leads_to}, not to {member}")
             driver = driver_name(mdir, sysfs_root)
-            bridge = (read_value(mdir / "class") or "").lower().startswith("0x0604")
+            bridge = (read_value(f"{mdir}/class") or "").lower().startswith("0x0604")
         except SysfsError as exc:
             problems.append(f"iommu group {number}: member {member}: {exc}")
             drivers[member] = None
@@ -85,7 +87,7 @@ def _read_group(
     if not members and not not_viable:
         not_viable.append("it has no devices")
     try:
-        name = read_value(gdir / "name")
+        name = read_value(f"{gpath}/name")
     except SysfsError as exc:
         problems.append(f"iommu group {number}: {exc}")
         name = None
@@ -115,18 +117,18 @@ def _read_group(
     )
 
 
-def _cdev_name(device_dir: Path, problems: list[str]) -> str | None:
+def _cdev_name(device_dir: str, problems: list[str]) -> str | None:
     """The device's VFIO cdev `vfioX` (`<device>/vfio-dev/vfioX/dev`, CONFIG_VFIO_DEVICE_CDEV); None without one.
 
     A kernel with the vfio-dev class but without the option shows `vfio-dev/vfioX` with no `dev`: no node."""
     try:
-        names = [n for n in os.listdir(device_dir / "vfio-dev") if n.startswith("vfio")]
+        names = [n for n in os.listdir(f"{device_dir}/vfio-dev") if n.startswith("vfio")]
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        problems.append(f"cannot list {device_dir / 'vfio-dev'}: {exc.strerror or exc}")
+        problems.append(f"cannot list {device_dir}/vfio-dev: {exc.strerror or exc}")
         return None
     for name in sorted(names):
-        if os.path.isfile(device_dir / "vfio-dev" / name / "dev"):
+        if os.path.isfile(f"{device_dir}/vfio-dev/{name}/dev"):
             return name
     return None
