@@ -23,7 +23,7 @@ from pathlib import Path
 
 from deviceplugin.discovery.inventory import discover
 from deviceplugin.policy.config import SAMPLE_CONFIG
-from deviceplugin.sampleboard import PCI_ROOT_PORT, build_sample_board
+from deviceplugin.sampleboard import PCI_ROOT_PORT, SampleBoard, build_sample_board
 
 VFS_PER_PF = 250
 
@@ -72,12 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vfs", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="print a cProfile of one discovery")
+    parser.add_argument(
+        "--board", type=Path, default=None,
+        help="build the board here once and reuse it on later runs (to time two versions on the same tree)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="vnfio-bench-discovery-") as tmp:
         started = time.perf_counter()
-        board = build_sample_board(Path(tmp) / "board")
-        add_vfs(board.sys, board.dev, args.vfs)
-        print(f"board: sample board + {args.vfs} VFs, built in {time.perf_counter() - started:.1f} s")
+        root = args.board or Path(tmp) / "board"
+        if (root / "sys").exists():
+            board = SampleBoard(root)
+            print(f"board: reusing {root}")
+        else:
+            board = build_sample_board(root)
+            add_vfs(board.sys, board.dev, args.vfs)
+            print(f"board: sample board + {args.vfs} VFs, built in {time.perf_counter() - started:.1f} s")
         discover(board.sys, board.dev)  # warm the dentry cache, as a running daemon's rescans are
         samples = []
         for _ in range(args.runs):

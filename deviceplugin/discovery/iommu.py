@@ -72,7 +72,8 @@ def _read_group(
                 # The entry's name is what devices are matched by; its driver must be that device's driver.
                 raise SysfsError(f"the entry leads to {leads_to}, not to {member}")
             driver = driver_name(mdir, sysfs_root)
-            bridge = (read_value(f"{mdir}/class") or "").lower().startswith("0x0604")
+            # Only a member on pcieport can be a bridge that keeps the group viable: read its class only then.
+            bridge = driver == "pcieport" and (read_value(f"{mdir}/class") or "").lower().startswith("0x0604")
         except SysfsError as exc:
             problems.append(f"iommu group {number}: member {member}: {exc}")
             drivers[member] = None
