@@ -116,6 +116,7 @@ class PoolOutputs:
         self._failed = failed
         self._spec_written: dict[str, Any] | None = None  # the document on disk, None when there is none
         self._info_written: set[str] = set()  # device-info file names we wrote and have not removed
+        self._last_failure: str | None = None
 
     @property
     def cdi_names_available(self) -> bool:
@@ -157,6 +158,7 @@ class PoolOutputs:
             self._spec_written = None
             return
         self._spec_written = document
+        self._last_failure = None
         log.info("CDI spec %s written: %d devices", directory / name, len(spec.devices),
                  extra={"resource": self._resource})  # fmt: skip
 
@@ -214,7 +216,11 @@ class PoolOutputs:
         self._remove_device_info(list(self._info_written))
 
     def _fail(self, what: str, message: str) -> None:
-        log.error("pool %s: %s", self._resource, message, extra={"resource": self._resource, "what": what})
+        """Log a failure (once while it repeats: a spec that cannot be written fails again on every rescan) and
+        count every attempt."""
+        level = logging.DEBUG if message == self._last_failure else logging.ERROR
+        self._last_failure = message
+        log.log(level, "pool %s: %s", self._resource, message, extra={"resource": self._resource, "what": what})
         if self._failed is not None:
             with suppress(Exception):
                 self._failed(self._resource, what)
