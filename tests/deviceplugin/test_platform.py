@@ -3,6 +3,7 @@ board (iommu and noiommu), through the daemon and the kubelet stand-in; hot-plug
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,23 @@ def test_noiommu_board_maps_the_noiommu_node(
             (d.host_path, d.container_path) for d in response.devices
         ]
     wait_until(lambda: not any(plugin_dir.glob("vnfio-*.sock")), "the sockets to go")
+
+
+def test_hostile_of_nodes_cost_only_the_compatibles(full_board: SampleBoard, tmp_path: Path) -> None:
+    from deviceplugin.discovery.inventory import discover
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "compatible").write_bytes(b"evil,thing\0")
+    sata = full_board.soc_dir("3200000.sata")
+    (sata / "of_node").unlink()
+    (sata / "of_node").symlink_to(outside)  # leads out of the sysfs tree
+    i2c_node = (full_board.soc_dir("2000000.i2c") / "of_node").resolve()
+    (i2c_node / "compatible").unlink()
+    os.mkfifo(i2c_node / "compatible")  # would block a plain read
+    inventory = discover(full_board.sys, full_board.dev)
+    devices = {d.name: d for d in inventory.of("platform")}
+    assert devices["3200000.sata"].compatibles == () and devices["2000000.i2c"].compatibles == ()
+    assert devices["3200000.sata"].driver == "vfio-platform"  # the device itself is still read
+    assert any("3200000.sata: of_node" in p and "outside" in p for p in inventory.problems)
+    assert any("2000000.i2c: of_node" in p and "not a regular file" in p for p in inventory.problems)

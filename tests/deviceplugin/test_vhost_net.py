@@ -88,3 +88,14 @@ def test_bad_keys_name_pool_key_and_reason(entry: dict[str, object], key: str, r
 def test_default_count_is_64(board: SampleBoard) -> None:
     pool = pools_of(board, {k: v for k, v in VHOST_POOL.items() if k != "count"})[VHOST]
     assert [d.id for d in pool.devices] == [f"vhost-net-{i}" for i in range(64)]
+
+
+def test_need_vhost_net_pool_runs_unhealthy_until_the_nodes_appear(
+    board: SampleBoard, plugin_dir: Path, kubelet: KubeletStub, tmp_path: Path
+) -> None:
+    board.remove_vhost_net()
+    config = write_pools(tmp_path / "config.json", {**VF_POOL, "needVhostNet": True})
+    with running(board, plugin_dir, config):
+        kubelet.wait_for(VF, lambda d: len(d) == 3 and not any(x.healthy for x in d.values()))
+        board.add_vhost_net()  # modprobe vhost_net: the node appears, the pool turns Healthy
+        kubelet.wait_for(VF, lambda d: len(d) == 3 and all(x.healthy for x in d.values()))
