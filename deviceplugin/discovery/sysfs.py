@@ -187,17 +187,17 @@ def _lexical(path: str, target: str | None = None) -> str | None:
     parent = path.rpartition("/")[0]
     if target.startswith("/") or not _known_real_dir(parent):
         return None
-    parts = target.split("/")
     ups = 0
-    while ups < len(parts) and parts[ups] == "..":
+    while target.startswith("../", ups * 3):
         ups += 1
-    rest = parts[ups:]
-    if not rest or any(p in ("", ".", "..") for p in rest):
+    rest = target[ups * 3 :]
+    # Only plain names after the `../` steps: a `.`, `..` or empty component would need the kernel's walk.
+    if not rest or f"/{rest}/".find("/./") >= 0 or f"/{rest}/".find("/../") >= 0 or "//" in rest or rest == "..":
         return None
-    pieces = parent.split("/")  # parent is real and absolute: "", "a", "b", ...
-    if ups >= len(pieces):
+    pieces = parent.rsplit("/", ups)
+    if len(pieces) <= ups:
         return None
-    candidate = "/".join(pieces[: len(pieces) - ups] + rest)
+    candidate = f"{pieces[0]}/{rest}"
     return candidate if _known_real_dir(candidate) else None
 
 
