@@ -45,12 +45,12 @@ def discover_groups(sysfs_root: Path, dev_root: Path, noiommu: bool, problems: l
         if not _GROUP.match(name):
             problems.append(f"iommu group {name!r}: skipped: not a group number")
             continue
-        groups[int(name)] = _read_group(int(name), base / name, sysfs_root, dev_root, noiommu, problems)
+        groups[int(name)] = _read_group(int(name), f"{base}/{name}", sysfs_root, dev_root, noiommu, problems)
     return dict(sorted(groups.items()))
 
 
 def _read_group(
-    number: int, gdir: Path, sysfs_root: Path, dev_root: Path, noiommu: bool, problems: list[str]
+    number: int, gdir: str, sysfs_root: Path, dev_root: Path, noiommu: bool, problems: list[str]
 ) -> IommuGroup:
     members: list[str] = []
     drivers: dict[str, str | None] = {}
@@ -94,7 +94,7 @@ def _read_group(
         name = None
     group_noiommu = noiommu or name == NOIOMMU_GROUP_NAME
     try:
-        node = device_node(group_node_path(dev_root, number, group_noiommu), dev_root)
+        node = device_node(f"{dev_root}/vfio/{f'noiommu-{number}' if group_noiommu else number}", dev_root)
     except SysfsError as exc:
         problems.append(f"iommu group {number}: {exc}")
         node = None

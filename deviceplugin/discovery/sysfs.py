@@ -77,14 +77,19 @@ def driver_name(device_dir: str | Path, sysfs_root: str | Path) -> str | None:
     unbound. A link that dangles, loops or leads out of the tree proves no binding: it raises, so a device
     whose driver cannot be verified is never taken for vfio-bound."""
     link = f"{os.fspath(device_dir)}/driver"
+    if _SCAN.active and link in _SCAN.drivers:
+        return _SCAN.drivers[link]  # the group reader and the device's own reader both ask
     found = _link(link)
     if found is None:
-        return None
-    name, target = found
-    try:
-        real_dir(link, sysfs_root, target=target)
-    except SysfsError as exc:
-        raise SysfsError(f"driver link {link} ({name}) does not lead to a driver: {exc}") from exc
+        name = None
+    else:
+        name, target = found
+        try:
+            real_dir(link, sysfs_root, target=target)
+        except SysfsError as exc:
+            raise SysfsError(f"driver link {link} ({name}) does not lead to a driver: {exc}") from exc
+    if _SCAN.active:
+        _SCAN.drivers[link] = name
     return name
 
 
@@ -153,6 +158,7 @@ class _Scan(threading.local):
     active = False
     dirs: dict[str, bool]  # a path → whether it is a directory and its own real path (checked once per scan)
     reals: dict[str, str]  # a path → its real path (roots and group directories, once per scan)
+    drivers: dict[str, str | None]  # a device's `driver` link → the driver it names (verified), once per scan
 
 
 _SCAN = _Scan()
@@ -166,11 +172,11 @@ def scan() -> Iterator[None]:
     Sysfs links are all of that shape (`driver -> ../../../bus/pci/drivers/vfio-pci`), and thousands of them share
     a few targets, so a big node costs one readlink per link instead of a kernel path walk. The cache lives only
     for the pass: a driver unloaded between rescans is seen by the next one."""
-    _SCAN.active, _SCAN.dirs, _SCAN.reals = True, {}, {}
+    _SCAN.active, _SCAN.dirs, _SCAN.reals, _SCAN.drivers = True, {}, {}, {}
     try:
         yield
     finally:
-        _SCAN.active, _SCAN.dirs, _SCAN.reals = False, {}, {}
+        _SCAN.active, _SCAN.dirs, _SCAN.reals, _SCAN.drivers = False, {}, {}, {}
 
 
 def _lexical(path: str, target: str | None = None) -> str | None:
@@ -271,7 +277,7 @@ def entries(path: str | Path) -> list[str]:
         raise SysfsError(f"cannot list {path}: {_reason(exc)}") from exc
 
 
-def device_node(path: Path, dev_root: Path) -> str | None:
+def device_node(path: str | Path, dev_root: str | Path) -> str | None:
     """`path` as a host path when it is a usable device node: a character device, or a regular file standing
     in for one in a generated tree. Symlinks and directories never count, and nothing outside `dev_root`."""
     try:
@@ -284,15 +290,17 @@ def device_node(path: Path, dev_root: Path) -> str | None:
         raise SysfsError(f"{path} is a symlink, not a device node; ignored")
     if not (stat.S_ISCHR(st.st_mode) or stat.S_ISREG(st.st_mode)):
         raise SysfsError(f"{path} is not a character device; ignored")
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
     try:
         # Every group node sits in the same /dev/vfio: one walk per scan.
-        real_parent = _scan_real(str(path.parent)) if _SCAN.active else _real_path(path.parent)
+        real_parent = _scan_real(parent) if _SCAN.active else _real_path(parent)
     except OSError as exc:
-        raise SysfsError(f"cannot resolve {path.parent}: {_reason(exc)}") from exc
+        raise SysfsError(f"cannot resolve {parent}: {_reason(exc)}") from exc
     real_root = _real_root(dev_root)
     if real_parent != real_root and not real_parent.startswith(real_root.rstrip("/") + "/"):
-        raise SysfsError(f"{path} lies outside {dev_root}; ignored")
-    return str(path)
+        raise SysfsError(f"{path} lies outside {os.fspath(dev_root)}; ignored")
+    return path
 
 
 def _reason(exc: BaseException) -> str:
