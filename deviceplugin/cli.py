@@ -24,7 +24,8 @@ def _add_roots(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vnfio-device-plugin",
-        description="Advertise DPAA2 resource containers and vfio-pci functions to kubelet. "
+        description="Advertise DPAA2 resource containers, vfio-pci functions, vfio-platform devices and vhost-net "
+        "to kubelet. "
         "Without a command, runs the daemon.",
     )
     _add_roots(parser)
@@ -45,9 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device-info-dir",
-        default=str(DEFAULT_DEVICE_INFO_DIR),
-        help=f"device-info-spec files for PCI devices, written at Allocate (default {DEFAULT_DEVICE_INFO_DIR}; "
-        "empty = off)",
+        default=None,
+        help=f"device-info-spec files for PCI devices, written at Allocate (default {DEFAULT_DEVICE_INFO_DIR}, "
+        "off with --sample-board; empty = off)",
     )
     sub = parser.add_subparsers(dest="command")
     listing = sub.add_parser("list", help="print the pools and their devices without registering (dry run)")
@@ -57,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     board.add_argument("root", type=Path, help="folder that receives sys/ and dev/")
     board.add_argument("--noiommu", action="store_true", help="the vfio noiommu variant")
     return parser
+
+
+def _device_info_dir(value: str | None, sample_board: bool) -> Path | None:
+    """The flag's directory; unset means the spec's default, except on the sample board, whose fake devices have
+    no business in the host's /var/run (and a user without root could not start it)."""
+    if value is None:
+        return None if sample_board else DEFAULT_DEVICE_INFO_DIR
+    return Path(value) if value else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         uevents=not args.no_uevents,
         cdi_dir=args.cdi_dir,
         cdi_only=args.cdi_only,
-        device_info_dir=Path(args.device_info_dir) if args.device_info_dir else None,
+        device_info_dir=_device_info_dir(args.device_info_dir, args.sample_board),
     )
     if args.cdi_only and args.cdi_dir is None:
         print("vnfio-device-plugin: --cdi-only needs --cdi-dir", file=sys.stderr)
