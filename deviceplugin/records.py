@@ -100,8 +100,6 @@ class VhostNetNodes:
 
     vhost_net: str | None
     tun: str | None
-    vhost_net_path: str = "/dev/vhost-net"  # where they are (or would be) on the host, for messages
-    tun_path: str = "/dev/net/tun"
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,4 @@ def discover_vhost_net(dev_root: Path, problems: list[str]) -> tuple[VhostNetNod
         except SysfsError as exc:
             problems.append(str(exc))
             found[rel] = None
-    return (
-        VhostNetNodes(
-            vhost_net=found[VHOST_NET],
-            tun=found[TUN],
-            vhost_net_path=str(dev_root / VHOST_NET),
-            tun_path=str(dev_root / TUN),
-        ),
-    )
+    return (VhostNetNodes(vhost_net=found[VHOST_NET], tun=found[TUN]),)

@@ -117,3 +117,20 @@ def test_bad_vfio_interface_names_pool_key_and_reason(entry: dict[str, object], 
     result = parse_config({"resourceList": [entry]})
     assert result.pools == ()
     assert [(p.pool, p.key, p.reason) for p in result.problems] == [(entry["resourceName"], "vfioInterface", reason)]
+
+
+def test_a_hot_plugged_vf_brings_its_cdev(
+    full_board: SampleBoard, plugin_dir: Path, kubelet: KubeletStub, tmp_path: Path
+) -> None:
+    config = write_pools(tmp_path / "config.json", {**VF_POOL, "vfioInterface": "cdev"})
+    with running(full_board, plugin_dir, config):
+        kubelet.wait_for(VF, lambda d: len(d) == 3)
+        full_board.add_vf("0001:01:00.5", 23)  # the kernel gives it the lowest free vfioX, udev the node
+        devices = kubelet.wait_for(VF, lambda d: "0001:01:00.5" in d)
+        assert devices["0001:01:00.5"].healthy
+        x = full_board.cdevs["0001:01:00.5"]
+        response = kubelet.allocate(VF, ["0001:01:00.5"])
+        assert paths(response) == ["/dev/iommu", f"/dev/vfio/devices/vfio{x}"]
+        assert response.envs["VFIO_CDEV_INTEL_COM_INTEL_VF"] == f"0001:01:00.5=vfio{x}"
+        full_board.remove_pci_function("0001:01:00.5")
+        kubelet.wait_for(VF, lambda d: "0001:01:00.5" not in d)
