@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from deviceplugin.settings import DEFAULT_CONFIG, DEFAULT_PLUGIN_DIR, DaemonSettings
+from deviceplugin.settings import DEFAULT_CONFIG, DEFAULT_DEVICE_INFO_DIR, DEFAULT_PLUGIN_DIR, DaemonSettings
 
 
 def _add_roots(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,8 @@ def _add_roots(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vnfio-device-plugin",
-        description="Advertise DPAA2 resource containers and vfio-pci functions to kubelet. "
+        description="Advertise DPAA2 resource containers, vfio-pci functions, vfio-platform devices and vhost-net "
+        "to kubelet. "
         "Without a command, runs the daemon.",
     )
     _add_roots(parser)
@@ -41,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
         "--node-name", default=None, help="label this node and post events (default: $NODE_NAME; unset = off)"
     )
     parser.add_argument("--no-uevents", action="store_true", help="rescan on the timer only")
+    parser.add_argument(
+        "--cdi-dir", type=Path, default=None, help="write one CDI spec per pool here and name CDI devices (off)"
+    )
+    parser.add_argument(
+        "--cdi-only", action="store_true", help="with --cdi-dir: Allocate gives no DeviceSpecs (env stays)"
+    )
+    parser.add_argument(
+        "--device-info-dir",
+        default=None,
+        help=f"device-info-spec files for PCI devices, written at Allocate (default {DEFAULT_DEVICE_INFO_DIR}, "
+        "off with --sample-board; empty = off)",
+    )
     sub = parser.add_subparsers(dest="command")
     listing = sub.add_parser("list", help="print the pools and their devices without registering (dry run)")
     _add_roots(listing)
@@ -51,12 +64,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _device_info_dir(value: str | None, sample_board: bool) -> Path | None:
+    """The flag's directory; unset means the spec's default, except on the sample board, whose fake devices have
+    no business in the host's /var/run (and a user without root could not start it)."""
+    if value is None:
+        return None if sample_board else DEFAULT_DEVICE_INFO_DIR
+    return Path(value) if value else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sample-board":
-        from deviceplugin.sampleboard import build_sample_board
+        from deviceplugin.sampleboard import full_sample_board
 
-        board = build_sample_board(args.root, noiommu=args.noiommu)
+        board = full_sample_board(args.root, noiommu=args.noiommu)
         print(f"sysfs root: {board.sys}\ndev root:   {board.dev}")
         return 0
     if args.command == "list":
@@ -76,7 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_host=args.metrics_host or DaemonSettings.metrics_host_from_env(),
         node_name=args.node_name or DaemonSettings.node_name_from_env(),
         uevents=not args.no_uevents,
+        cdi_dir=args.cdi_dir,
+        cdi_only=args.cdi_only,
+        device_info_dir=_device_info_dir(args.device_info_dir, args.sample_board),
     )
+    if args.cdi_only and args.cdi_dir is None:
+        print("vnfio-device-plugin: --cdi-only needs --cdi-dir", file=sys.stderr)
+        return 2
     return run_daemon(settings, sample_board=args.sample_board)
 
 

@@ -44,6 +44,9 @@ class DaemonCore:
 
     component = "vnfio daemon"  # how the start and stop lines name the process
 
+    # The built-in config for --sample-board runs: the pools of the board the transport's entry point generates.
+    sample_pools: dict[str, Any] = SAMPLE_CONFIG
+
     def __init__(
         self,
         settings: DaemonSettings,
@@ -202,7 +205,7 @@ class DaemonCore:
         path = self.settings.config
         if self._sample_config and not path.exists():
             log.info("no config at %s: using the built-in sample config", path)
-            return parse_config(SAMPLE_CONFIG)
+            return parse_config(self.sample_pools)
         return load_config(path)
 
     async def reload_config(self, path: Path) -> bool:

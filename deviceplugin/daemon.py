@@ -27,9 +27,11 @@ from deviceplugin.discovery.uevents import open_uevent_socket
 from deviceplugin.kubelet.dpapi.endpoint import PoolEndpoint
 from deviceplugin.kubelet.dpapi.kubeletwatch import DEFAULT_POLL_INTERVAL as KUBELET_POLL_INTERVAL
 from deviceplugin.kubelet.dpapi.kubeletwatch import KubeletWatch, file_identity, kubelet_socket
+from deviceplugin.kubelet.dpapi.outputs import OutputSettings, check_output_dir
 from deviceplugin.kubelet.dpapi.server import RpcEvent, RpcObserver
 from deviceplugin.observability.metrics import PluginMetrics
 from deviceplugin.observability.nodeinfo import NodeReporter
+from deviceplugin.policy.config import SAMPLE_BOARD_CONFIG
 from deviceplugin.policy.configwatch import DEFAULT_POLL_INTERVAL as CONFIG_POLL_INTERVAL
 from deviceplugin.records import ResourcePool
 from deviceplugin.settings import DaemonSettings
@@ -42,6 +44,7 @@ class Daemon(DaemonCore):
     """The running device plugin. Call its methods on the event loop that runs `run()`."""
 
     component = "device plugin"
+    sample_pools = SAMPLE_BOARD_CONFIG  # run_daemon's --sample-board is the full board (platform, vhost-net too)
 
     def __init__(
         self,
@@ -80,6 +83,19 @@ class Daemon(DaemonCore):
     def _describe(self) -> str:
         return f", plugin dir {self.settings.plugin_dir}"
 
+    async def _start_transport(self) -> bool:
+        """An unusable --cdi-dir or --device-info-dir is fatal at start (later write failures are only logged and
+        counted): an operator who asked for them should learn it now, not at the first pod."""
+        for flag, path in (("--cdi-dir", self.settings.cdi_dir), ("--device-info-dir", self.settings.device_info_dir)):
+            if path is None:
+                continue
+            try:
+                check_output_dir(path, flag)
+            except OSError as exc:
+                log.error("%s", exc.strerror or exc)
+                return False
+        return True
+
     def _transport_started(self) -> None:
         # Watch kubelet only once our sockets exist, so the first look sees them.
         self.spawn(self.kubelet_watch.run(), "kubelet watch")
@@ -87,6 +103,8 @@ class Daemon(DaemonCore):
     async def _stop_transport(self) -> None:
         await asyncio.gather(*(endpoint.cancel_registration() for endpoint in self.endpoints.values()))
         await asyncio.gather(*(endpoint.stop() for endpoint in self.endpoints.values()))
+        for endpoint in self.endpoints.values():
+            endpoint.release_outputs()
         self.endpoints.clear()
 
     async def _reconcile(self, pools: Mapping[str, ResourcePool]) -> None:
@@ -95,6 +113,7 @@ class Daemon(DaemonCore):
             if endpoint.serving:
                 log.info("pool %s is no longer configured", resource, extra={"resource": resource})
             await endpoint.stop()
+            endpoint.release_outputs()
         self._record_pools(pools)
         for resource, pool in pools.items():
             endpoint = self.endpoints.get(resource)
@@ -118,6 +137,7 @@ class Daemon(DaemonCore):
             kubelet_watch=self.kubelet_watch,
             kubelet_changed=lambda: self._kubelet_changed,
             observer=self._observe_rpc,
+            outputs=OutputSettings(self.settings.cdi_dir, self.settings.cdi_only, self.settings.device_info_dir),
         )
 
     def _clash(self, endpoint: PoolEndpoint) -> str | None:
@@ -201,10 +221,10 @@ def run_daemon(settings: DaemonSettings, sample_board: bool = False) -> int:
     setup_logging(settings.log_level)
     if not sample_board:
         return asyncio.run(_serve(Daemon(settings)))
-    from deviceplugin.sampleboard import build_sample_board
+    from deviceplugin.sampleboard import full_sample_board
 
     with tempfile.TemporaryDirectory(prefix="vnfio-sample-board-") as tmp:
-        board = build_sample_board(Path(tmp))
+        board = full_sample_board(Path(tmp))
         log.info("sample board: sysfs root %s, dev root %s", board.sys, board.dev)
         settings = replace(settings, sysfs_root=board.sys, dev_root=board.dev)
         return asyncio.run(_serve(Daemon(settings, sample_config=True)))

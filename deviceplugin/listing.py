@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from deviceplugin.discovery.inventory import discover
-from deviceplugin.policy.config import SAMPLE_CONFIG, ConfigError, ConfigResult, load_config, parse_config
+from deviceplugin.policy.config import SAMPLE_BOARD_CONFIG, ConfigError, ConfigResult, load_config, parse_config
 from deviceplugin.policy.pools import PoolBuild, build_pools
 from deviceplugin.records import Inventory, PoolDevice, ResourcePool
 
@@ -22,17 +22,17 @@ def run_list(config: Path, sysfs_root: Path, dev_root: Path, output: str, sample
     """Print the inventory report; 0 when at least one pool is valid, 1 when the config is unusable."""
     if not sample_board:
         return _run(Path(config), Path(sysfs_root), Path(dev_root), output, sample=False)
-    from deviceplugin.sampleboard import build_sample_board
+    from deviceplugin.sampleboard import full_sample_board
 
     with tempfile.TemporaryDirectory(prefix="vnfio-sample-board-") as tmp:
-        board = build_sample_board(Path(tmp))
+        board = full_sample_board(Path(tmp))
         return _run(Path(config), board.sys, board.dev, output, sample=True)
 
 
 def _run(config: Path, sysfs_root: Path, dev_root: Path, output: str, *, sample: bool) -> int:
     try:
         if sample and not config.exists():
-            result = parse_config(SAMPLE_CONFIG)
+            result = parse_config(SAMPLE_BOARD_CONFIG)
             source = "built-in sample config"
         else:
             result = load_config(config)
@@ -95,6 +95,16 @@ def _pool(pool: ResourcePool, inventory: Inventory) -> dict[str, Any]:
 
 
 def _device(dev: PoolDevice, objects: dict[str, int] | None) -> dict[str, Any]:
+    entry = _base_device(dev, objects)
+    # Keys only where they say something the others do not: platform members, VFIO cdevs (vfioInterface).
+    if dev.members and not dev.pci_addresses and dev.container is None:
+        entry["members"] = list(dev.members)
+    if dev.cdevs:
+        entry["cdevs"] = dict(dev.cdevs)
+    return entry
+
+
+def _base_device(dev: PoolDevice, objects: dict[str, int] | None) -> dict[str, Any]:
     return {
         "id": dev.id,
         "health": dev.health,
@@ -128,7 +138,7 @@ def _print_table(report: dict[str, Any], out: TextIO) -> None:
                 d["health"],
                 ",".join(map(str, d["iommuGroups"])) or "-",
                 "-" if d["numaNode"] is None else str(d["numaNode"]),
-                ",".join(d["pciAddresses"]) or _objects(d["objects"]),
+                ",".join(d["pciAddresses"] or d.get("members", [])) or _objects(d["objects"]),
                 d["whyUnhealthy"] or "",
             ]
             for d in devices

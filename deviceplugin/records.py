@@ -28,6 +28,10 @@ class IommuGroup:
     why_not_viable: str | None = None
     dev_node: str | None = None  # host path of /dev/vfio/N or /dev/vfio/noiommu-N; None when absent
     noiommu: bool = False
+    # VFIO device cdevs (CONFIG_VFIO_DEVICE_CDEV): member → its `vfioX` (only members whose `vfio-dev/vfioX/dev`
+    # exists), and member → host path of /dev/vfio/devices/vfioX, None while that node is missing.
+    cdevs: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    cdev_nodes: Mapping[str, str | None] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,14 @@ class PciDevice:
 
 
 @dataclass(frozen=True)
+class VhostNetNodes:
+    """The two character devices a virtio-user / vhost-net user needs, as host paths; None while missing."""
+
+    vhost_net: str | None
+    tun: str | None
+
+
+@dataclass(frozen=True)
 class Inventory:
     """Everything discovery found under one sysfs root and dev root, plus what it skipped and why.
 
@@ -92,6 +104,7 @@ class Inventory:
     groups: Mapping[int, IommuGroup] = field(default_factory=dict, compare=False, hash=False)
     noiommu: bool = False
     vfio_container_node: str | None = None  # host path of /dev/vfio/vfio, None when absent
+    iommufd_node: str | None = None  # host path of /dev/iommu (VFIO cdev users need it), None when absent
     problems: tuple[str, ...] = ()
     dev_root: str | None = None  # the dev root discovery read, so policy can name a node that went missing
 
@@ -138,6 +151,7 @@ class PoolDevice:
     pfs: tuple[str, ...] = ()  # PCI: PF addresses of the functions (for preferred allocation)
     nodes: tuple[DeviceNode, ...] = ()  # every node the unit needs: /dev/vfio/vfio and its group nodes
     why_unhealthy: str | None = None
+    cdevs: tuple[tuple[str, str], ...] = ()  # vfioInterface cdev/both: (member, vfioX) of every member
 
     @property
     def health(self) -> str:

@@ -29,8 +29,16 @@ FSL_MC_VENDOR = 0x1957
 FSL_MC_DRIVERS = ("fsl_mc_dprc", "fsl_mc_allocator", "fsl_mc_dpio", "fsl_dpaa2_eth", "vfio-fsl-mc")
 PCI_DRIVERS = ("vfio-pci", "i40e", "pcieport")
 VFIO_GROUP_MAJOR = 243  # dynamic on a real kernel; any value will do
+VFIO_CDEV_MAJOR = 511  # the vfio-dev class's major, dynamic too
 VFIO_MISC = (10, 196)
 DPRC_MISC = (10, 60)
+VHOST_NET_MISC = (10, 238)
+TUN_MISC = (10, 200)
+IOMMUFD_MISC = (10, 124)  # dynamic minor on a real kernel
+SOC = "devices/platform/soc"
+PLATFORM_DRIVERS = ("vfio-platform", "ahci-qoriq", "i2c-imx", "sdhci-esdhc")
+AMBA_DRIVERS = ("vfio-amba", "uart-pl011")
+VFIO_DRIVERS = ("vfio-pci", "vfio-platform", "vfio-amba")
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,39 @@ class PciFunction:
     group: int
     netdev: str | None = None
     physfn: str | None = None
+
+
+@dataclass(frozen=True)
+class SocDevice:
+    """One platform-bus (or AMBA) device of the sample board, with its devicetree node."""
+
+    name: str  # <unit-address>.<node-name>, e.g. 3200000.sata
+    compatibles: tuple[str, ...]
+    driver: str | None
+    group: int | None
+    bus: str = "platform"
+
+    @property
+    def node_name(self) -> str:
+        return self.name.split(".", 1)[1]
+
+    @property
+    def of_node(self) -> str:
+        """The devicetree path under firmware/devicetree/base: soc/<node-name>@<unit-address>."""
+        address, node = self.name.split(".", 1)
+        return f"soc/{node}@{address}"
+
+
+def default_soc_devices() -> list[SocDevice]:
+    """LX2160A SoC devices: a SATA controller alone in group 30, two I2C controllers sharing group 31 (one unit or
+    left out), a kernel-owned eSDHC (never advertised) and a PL011 UART on the AMBA bus handed to vfio-amba."""
+    return [
+        SocDevice("3200000.sata", ("fsl,lx2160a-ahci",), "vfio-platform", 30),
+        SocDevice("2000000.i2c", ("fsl,lx2160a-i2c", "fsl,vf610-i2c"), "vfio-platform", 31),
+        SocDevice("2010000.i2c", ("fsl,lx2160a-i2c", "fsl,vf610-i2c"), "vfio-platform", 31),
+        SocDevice("2140000.mmc", ("fsl,lx2160a-esdhc", "fsl,esdhc"), "sdhci-esdhc", 32),
+        SocDevice("21c0000.serial", ("arm,sbsa-uart", "arm,pl011", "arm,primecell"), "vfio-amba", 33, bus="amba"),
+    ]
 
 
 def _dprc2_objects() -> list[McObject]:
@@ -136,19 +177,24 @@ def _mknod(path: Path, mode: int, major: int, minor: int) -> None:
 class SampleBoard:
     """A fake board rooted at `root`: `root/sys` is the sysfs root and `root/dev` the dev root."""
 
-    def __init__(self, root: Path, *, noiommu: bool = False) -> None:
+    def __init__(self, root: Path, *, noiommu: bool = False, cdev: bool = False) -> None:
+        """`cdev`: the kernel has CONFIG_VFIO_DEVICE_CDEV (every VFIO device gets vfio-dev/vfioX and a node)."""
         self.root = Path(root)
+        self.cdev = cdev
         self.sys = self.root / "sys"
         self.dev = self.root / "dev"
         self.noiommu = noiommu
         self.mc: dict[str, McObject] = {}
         self.pci: dict[str, PciFunction] = {}
+        self.soc: dict[str, SocDevice] = {}
+        self.cdevs: dict[str, int] = {}  # VFIO device → X of its /dev/vfio/devices/vfioX (iommu mode only)
 
     # ----------------------------------------------------------------------------------------- building
     def build(
         self,
         mc_objects: Iterable[McObject] | None = None,
         pci_functions: Iterable[PciFunction] | None = None,
+        soc_devices: Iterable[SocDevice] = (),
         *,
         unbound_dprc_group: bool = False,
     ) -> SampleBoard:
@@ -161,6 +207,8 @@ class SampleBoard:
             self.add_mc_object(McObject("dprc.4", "dprc.1", None, None, 12))
         for fn in default_pci_functions() if pci_functions is None else pci_functions:
             self.add_pci_function(fn)
+        for dev in soc_devices:
+            self.add_soc_device(dev)
         _write(
             self.sys / "module/vfio/parameters/enable_unsafe_noiommu_mode", "Y\n" if self.noiommu else "N\n"
         )
@@ -169,6 +217,10 @@ class SampleBoard:
         (self.dev / "hugepages").mkdir(parents=True, exist_ok=True)
         for group in sorted(self.vfio_groups()):
             self.add_group_node(group)
+        self.add_vhost_net()
+        _mknod(self.dev / "iommu", 0o660, *IOMMUFD_MISC)
+        for name in sorted(self.cdevs, key=self.cdevs.__getitem__):
+            self.add_cdev_node(name)
         return self
 
     def _write_bus_files(self) -> None:
@@ -194,6 +246,17 @@ class SampleBoard:
                 _write(pci / "drivers" / drv / name, "")
         (self.sys / "kernel/iommu_groups").mkdir(parents=True, exist_ok=True)
         (self.sys / "class/net").mkdir(parents=True, exist_ok=True)
+        for bus, drivers in (("platform", PLATFORM_DRIVERS), ("amba", AMBA_DRIVERS)):
+            (self.sys / "bus" / bus / "devices").mkdir(parents=True, exist_ok=True)
+            for name, content in {"drivers_autoprobe": "1\n", "drivers_probe": "", "uevent": ""}.items():
+                _write(self.sys / "bus" / bus / name, content)
+            for drv in drivers:
+                for name in ("bind", "unbind", "uevent"):
+                    _write(self.sys / "bus" / bus / "drivers" / drv / name, "")
+        _write(self.sys / "module/vfio_platform/parameters/reset_required", "Y\n")
+        for misc, (major, minor) in (("vhost-net", VHOST_NET_MISC), ("tun", TUN_MISC), ("iommu", IOMMUFD_MISC)):
+            _write(self.sys / "devices/virtual/misc" / misc / "dev", f"{major}:{minor}\n")
+            _link(self.sys / "class/misc" / misc, self.sys / "devices/virtual/misc" / misc)
 
     def _group_dir(self, group: int) -> Path:
         gdir = self.sys / "kernel/iommu_groups" / str(group)
@@ -330,12 +393,135 @@ class SampleBoard:
         self.pci[bdf] = PciFunction(
             fn.bdf, fn.vendor, fn.device, fn.pci_class, driver, fn.group, fn.netdev, fn.physfn
         )
+        self._set_cdev(bdf, d, driver)
+
+    # ------------------------------------------------------------------------------------ SoC devices
+    def soc_dir(self, name: str) -> Path:
+        return self.sys / SOC / name
+
+    def add_soc_device(self, dev: SocDevice) -> None:
+        """Write one platform (or AMBA) device with its devicetree node, as drivers/base/platform.c and
+        drivers/of show it: `of_node` into firmware/devicetree, NUL-terminated `compatible`, OF_* uevent lines."""
+        self.soc[dev.name] = dev
+        d = self.soc_dir(dev.name)
+        (d / "power").mkdir(parents=True, exist_ok=True)
+        ofdir = self.sys / "firmware/devicetree/base" / dev.of_node
+        ofdir.mkdir(parents=True, exist_ok=True)
+        (ofdir / "compatible").write_bytes(b"".join(c.encode() + b"\0" for c in dev.compatibles))
+        (ofdir / "name").write_bytes(dev.node_name.encode() + b"\0")
+        _link(d / "of_node", ofdir)
+        _write(d / "modalias", f"{self._soc_modalias(dev)}\n")
+        _write(d / "driver_override", f"{dev.driver if dev.driver and dev.driver.startswith('vfio') else '(null)'}\n")
+        _link(d / "subsystem", self.sys / "bus" / dev.bus)
+        _link(self.sys / "bus" / dev.bus / "devices" / dev.name, d)
+        if dev.bus == "amba":
+            _write(d / "id", "00041011\n")  # PL011's peripheral ID
+            base = int(dev.name.split(".")[0], 16)
+            _write(d / "resource", f"0x{base:016x}\t0x{base + 0xFFF:016x}\t0x0000000000000200\n")
+        if dev.group is not None:
+            gdir = self._group_dir(dev.group)
+            _link(d / "iommu_group", gdir)
+            _link(gdir / "devices" / dev.name, d)
+        self._set_soc_driver(dev.name, dev.driver)
+
+    @staticmethod
+    def _soc_modalias(dev: SocDevice) -> str:
+        return f"of:N{dev.node_name}T(null)" + "".join(f"C{c}" for c in dev.compatibles)
+
+    def _soc_uevent(self, dev: SocDevice, driver: str | None) -> str:
+        lines = [f"DRIVER={driver}"] if driver else []
+        lines += [f"OF_NAME={dev.node_name}", f"OF_FULLNAME=/{dev.of_node}", f"OF_COMPATIBLE_N={len(dev.compatibles)}"]
+        lines += [f"OF_COMPATIBLE_{i}={c}" for i, c in enumerate(dev.compatibles)]
+        lines.append(f"MODALIAS={self._soc_modalias(dev)}")
+        return "\n".join(lines) + "\n"
+
+    def _set_soc_driver(self, name: str, driver: str | None) -> None:
+        dev = self.soc[name]
+        d = self.soc_dir(name)
+        drivers_dir = self.sys / "bus" / dev.bus / "drivers"
+        for drv in PLATFORM_DRIVERS + AMBA_DRIVERS:
+            _unlink(drivers_dir / drv / name)
+        _unlink(d / "driver")
+        if driver:
+            for f in ("bind", "unbind", "uevent"):
+                if not (drivers_dir / driver / f).exists():
+                    _write(drivers_dir / driver / f, "")
+            _link(d / "driver", drivers_dir / driver)
+            _link(drivers_dir / driver / name, d)
+        _write(d / "uevent", self._soc_uevent(dev, driver))
+        self.soc[name] = SocDevice(dev.name, dev.compatibles, driver, dev.group, dev.bus)
+        self._set_cdev(name, d, driver)
+
+    def remove_soc_device(self, name: str) -> None:
+        """Hot-unplug one platform device (an overlay removed, a driver module unloaded with its device)."""
+        dev = self.soc.pop(name)
+        self._drop_cdev(name)
+        for drv in PLATFORM_DRIVERS + AMBA_DRIVERS:
+            _unlink(self.sys / "bus" / dev.bus / "drivers" / drv / name)
+        _unlink(self.sys / "bus" / dev.bus / "devices" / name)
+        if dev.group is not None:
+            _unlink(self.sys / "kernel/iommu_groups" / str(dev.group) / "devices" / name)
+        shutil.rmtree(self.soc_dir(name))
+
+    # --------------------------------------------------------------------------------- VFIO cdevs
+    def _set_cdev(self, name: str, device_dir: Path, driver: str | None) -> None:
+        """A VFIO-bound device gets `vfio-dev/vfioX/dev` (lowest free X) with CONFIG_VFIO_DEVICE_CDEV; noiommu
+        mode creates none. The /dev node follows in build() or add_cdev_node(), as udev would."""
+        if driver not in VFIO_DRIVERS or self.noiommu or not self.cdev:
+            self._drop_cdev(name)
+            return
+        if name not in self.cdevs:
+            used = set(self.cdevs.values())
+            self.cdevs[name] = next(i for i in range(len(used) + 1) if i not in used)
+        x = self.cdevs[name]
+        vdir = device_dir / "vfio-dev" / f"vfio{x}"
+        _write(vdir / "dev", f"{VFIO_CDEV_MAJOR}:{x}\n")
+        _write(vdir / "uevent", f"MAJOR={VFIO_CDEV_MAJOR}\nMINOR={x}\nDEVNAME=vfio/devices/vfio{x}\n")
+        _link(vdir / "device", device_dir)
+        _link(vdir / "subsystem", self.sys / "class/vfio-dev")
+        _link(self.sys / "class/vfio-dev" / f"vfio{x}", vdir)
+
+    def _drop_cdev(self, name: str) -> None:
+        x = self.cdevs.pop(name, None)
+        if x is None:
+            return
+        _unlink(self.sys / "class/vfio-dev" / f"vfio{x}")
+        _unlink(self.dev / "vfio/devices" / f"vfio{x}")
+        owner = self.soc_dir(name) if name in self.soc else self.pci_dir(name) if name in self.pci else None
+        if owner is not None and (owner / "vfio-dev").exists():
+            shutil.rmtree(owner / "vfio-dev")
+
+    def cdev_node(self, name: str) -> Path:
+        return self.dev / "vfio/devices" / f"vfio{self.cdevs[name]}"
+
+    def add_cdev_node(self, name: str) -> None:
+        _mknod(self.cdev_node(name), 0o600, VFIO_CDEV_MAJOR, self.cdevs[name])
+
+    def remove_cdev_node(self, name: str) -> None:
+        _unlink(self.cdev_node(name))
+
+    def remove_iommufd(self) -> None:
+        _unlink(self.dev / "iommu")
+
+    def add_iommufd(self) -> None:
+        _mknod(self.dev / "iommu", 0o660, *IOMMUFD_MISC)
+
+    # ---------------------------------------------------------------------------------- vhost-net
+    def add_vhost_net(self) -> None:
+        """/dev/vhost-net and /dev/net/tun, as udev makes them (0666) when vhost_net and tun are loaded."""
+        _mknod(self.dev / "vhost-net", 0o666, *VHOST_NET_MISC)
+        _mknod(self.dev / "net/tun", 0o666, *TUN_MISC)
+
+    def remove_vhost_net(self) -> None:
+        """`modprobe -r vhost_net`: the node goes (tun stays)."""
+        _unlink(self.dev / "vhost-net")
 
     # ------------------------------------------------------------------------------- device nodes
     def vfio_groups(self) -> set[int]:
         """Groups that get a /dev/vfio node: those with a vfio-bound member (what the kernel creates)."""
         groups = {o.group for o in self.mc.values() if o.driver == "vfio-fsl-mc" and o.group is not None}
         groups |= {f.group for f in self.pci.values() if f.driver == "vfio-pci"}
+        groups |= {d.group for d in self.soc.values() if d.driver in VFIO_DRIVERS and d.group is not None}
         return groups
 
     def group_node(self, group: int) -> Path:
@@ -349,9 +535,11 @@ class SampleBoard:
 
     # ----------------------------------------------------------------------------- kernel events
     def unbind(self, name: str) -> None:
-        """What `echo NAME > …/drivers/<drv>/unbind` leaves behind (fsl-mc object or PCI function)."""
+        """What `echo NAME > …/drivers/<drv>/unbind` leaves behind (fsl-mc object, PCI function, SoC device)."""
         if name in self.mc:
             self._set_mc_driver(name, None)
+        elif name in self.soc:
+            self._set_soc_driver(name, None)
         else:
             self._set_pci_driver(name, None)
 
@@ -359,6 +547,8 @@ class SampleBoard:
         """What binding NAME to DRIVER leaves behind."""
         if name in self.mc:
             self._set_mc_driver(name, driver)
+        elif name in self.soc:
+            self._set_soc_driver(name, driver)
         else:
             self._set_pci_driver(name, driver)
 
@@ -367,9 +557,20 @@ class SampleBoard:
         vendor = self.pci[pf].vendor
         self.add_pci_function(PciFunction(bdf, vendor, device, 0x020000, "vfio-pci", group, physfn=pf))
         self.add_group_node(group)
+        if bdf in self.cdevs:
+            self.add_cdev_node(bdf)
+
+    def add_platform_device(self, dev: SocDevice) -> None:
+        """Hot-plug one SoC device (a devicetree overlay) bound as given, with its group and VFIO nodes."""
+        self.add_soc_device(dev)
+        if dev.group is not None and dev.group in self.vfio_groups():
+            self.add_group_node(dev.group)
+        if dev.name in self.cdevs:
+            self.add_cdev_node(dev.name)
 
     def remove_pci_function(self, bdf: str) -> None:
         """Hot-unplug one PCI function: its directory and every link to it disappear."""
+        self._drop_cdev(bdf)
         fn = self.pci.pop(bdf)
         for drv in PCI_DRIVERS:
             _unlink(self.sys / "bus/pci/drivers" / drv / bdf)
@@ -380,6 +581,19 @@ class SampleBoard:
             self._refresh_sriov(fn.physfn)
 
 
-def build_sample_board(root: Path, *, noiommu: bool = False, unbound_dprc_group: bool = False) -> SampleBoard:
-    """Write the default LX2160A-like board under `root` and return it."""
-    return SampleBoard(root, noiommu=noiommu).build(unbound_dprc_group=unbound_dprc_group)
+def build_sample_board(
+    root: Path, *, noiommu: bool = False, unbound_dprc_group: bool = False, soc: bool = False, cdev: bool = False
+) -> SampleBoard:
+    """Write the default LX2160A-like board under `root` and return it.
+
+    `soc` adds the SoC's platform and AMBA devices (`default_soc_devices`), `cdev` the VFIO device cdevs of a
+    CONFIG_VFIO_DEVICE_CDEV kernel. Both are off by default so the classic board (DPAA2 and vfio-pci only, group
+    nodes only under /dev/vfio) stays what earlier tests know; `full_sample_board` turns both on."""
+    board = SampleBoard(root, noiommu=noiommu, cdev=cdev)
+    return board.build(soc_devices=default_soc_devices() if soc else (), unbound_dprc_group=unbound_dprc_group)
+
+
+def full_sample_board(root: Path, *, noiommu: bool = False) -> SampleBoard:
+    """Every kind the plugin knows: DPAA2, vfio-pci, platform/AMBA, vhost-net and VFIO cdevs (what `list
+    --sample-board`, the daemon's `--sample-board` and the demo use)."""
+    return build_sample_board(root, noiommu=noiommu, soc=True, cdev=True)

@@ -10,6 +10,8 @@ from pathlib import Path
 DEFAULT_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 DEFAULT_CONFIG = Path("/etc/vnfio/config.json")
 LOOPBACK = "127.0.0.1"
+# device-info-spec 1.1.0, section 4.1: where Multus looks for a device plugin's device information.
+DEFAULT_DEVICE_INFO_DIR = Path("/var/run/k8s.cni.cncf.io/devinfo/dp")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class DaemonSettings:
     metrics_host: str = LOOPBACK  # see metrics_host_from_env: never every address of the node by default
     node_name: str | None = None  # set: label the node and post events through the Kubernetes API
     uevents: bool = True  # listen to NETLINK_KOBJECT_UEVENT (tests may turn it off)
+    cdi_dir: Path | None = None  # write one CDI spec per pool here and name CDI devices in Allocate (None: off)
+    cdi_only: bool = False  # with cdi_dir: Allocate answers without DeviceSpecs (the runtime injects the nodes)
+    device_info_dir: Path | None = None  # device-info-spec files for PCI devices at Allocate (None: off)
 
     @staticmethod
     def node_name_from_env() -> str | None:

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """The demo behind `make demo`: vnfio end to end on a generated board, with no hardware and no kubelet.
 
-1. builds the sample LX2160A board (DPAA2 containers, vfio-pci VFs) in a temporary folder;
+1. builds the full sample LX2160A board (DPAA2 containers, vfio-pci VFs, SoC platform devices, vhost-net, VFIO
+   cdevs) in a temporary folder;
 2. lists the inventory the way an operator's dry run does;
 3. starts the device plugin daemon against it and a kubelet stand-in (the one the tests use), and shows what
    kubelet sees;
-4. allocates devices for an example DPDK pod and prints what the pod would get (device nodes, env);
+4. allocates one device of each pool for an example pod and prints what the pod would get (device nodes, env,
+   and with `--cdi-dir DIR` the CDI device names and the specs written there);
 5. runs the DRA driver (`vnfio-dra-driver --sample-board`) against a kubelet stand-in (plugin manager and DRA
    manager) and an API server stand-in: shows the ResourceSlice it publishes, prepares a claim for a DPAA2
    container and one for two VFs, prints what their CDI specs give the container, and unprepares them;
@@ -18,6 +20,7 @@ before it exits, also on failure; the last step checks that nothing is left. Nee
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -34,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the kubelet stand-in and the netns/ping helpers the tests use
 
 BIN = Path(sys.executable).parent
-EXAMPLE_POD = {"nxp.com/dpaa2_dprc": 1, "intel.com/intel_vf": 2}
+EXAMPLE_POD = {"nxp.com/dpaa2_dprc": 1, "intel.com/intel_vf": 2, "nxp.com/soc_platform": 1, "vnfio.io/vhost_net": 1}
 
 
 def step(text: str) -> None:
@@ -62,17 +65,18 @@ def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
                 proc.wait()
 
 
-def device_plugin_part(tmp: Path) -> None:
+def device_plugin_part(tmp: Path, cdi_dir: Path | None) -> None:
     from kubelet_stub import KubeletStub
 
-    from deviceplugin.policy.config import SAMPLE_CONFIG
-    from deviceplugin.sampleboard import build_sample_board
+    from deviceplugin.policy.config import SAMPLE_BOARD_CONFIG
+    from deviceplugin.sampleboard import full_sample_board
 
     step("Build the sample LX2160A board: a kernel-owned dprc.1, vfio-bound dprc.2/dprc.3, an unbound dprc.4,")
-    show("an i40e PF with four vfio-pci VFs (two of them share IOMMU group 22)")
-    board = build_sample_board(tmp / "board")
+    show("an i40e PF with four vfio-pci VFs (two of them share IOMMU group 22), SoC devices on vfio-platform and")
+    show("vfio-amba (two I2C controllers share group 31), /dev/vhost-net, /dev/net/tun, /dev/iommu and VFIO cdevs")
+    board = full_sample_board(tmp / "board")
     config = tmp / "config.json"
-    config.write_text(json.dumps(SAMPLE_CONFIG, indent=2))
+    config.write_text(json.dumps(SAMPLE_BOARD_CONFIG, indent=2))
     show(f"sysfs root {board.sys}, dev root {board.dev}, config {config}")
 
     step("Dry run: vnfio-device-plugin list (what would be advertised, and what is left out and why)")
@@ -86,7 +90,10 @@ def device_plugin_part(tmp: Path) -> None:
     plugin_dir.mkdir()
     step(f"Start a kubelet stand-in on {plugin_dir}/kubelet.sock and the device plugin daemon")
     with KubeletStub(plugin_dir) as kubelet:  # starts it: deletes stale sockets, serves kubelet.sock
-        args = [BIN / "vnfio-device-plugin", *roots, "--plugin-dir", str(plugin_dir), "--no-uevents"]
+        args = [BIN / "vnfio-device-plugin", *roots, "--plugin-dir", str(plugin_dir), "--no-uevents",
+                "--device-info-dir", str(tmp / "devinfo")]  # fmt: skip
+        if cdi_dir is not None:
+            args += ["--cdi-dir", str(cdi_dir)]
         with process([str(a) for a in args], tmp / "device-plugin.log") as daemon:
             for resource in EXAMPLE_POD:
                 reg = kubelet.wait_registered(resource, timeout=30)
@@ -94,7 +101,7 @@ def device_plugin_part(tmp: Path) -> None:
                 health = ", ".join(f"{i} ({d.health})" for i, d in sorted(devices.items()))
                 show(f"kubelet: {resource} registered on {reg.endpoint}: {health}")
 
-            step(f"Allocate for an example DPDK pod with limits {EXAMPLE_POD}")
+            step(f"Allocate for an example pod with limits {EXAMPLE_POD}")
             for resource, count in EXAMPLE_POD.items():
                 available = sorted(kubelet.devices(resource))
                 chosen = kubelet.preferred(resource, available, [], count)
@@ -104,6 +111,13 @@ def device_plugin_part(tmp: Path) -> None:
                     show(f"  device {spec.host_path} -> {spec.container_path} ({spec.permissions})")
                 for key, value in sorted(answer.envs.items()):
                     show(f"  env    {key}={value}")
+                for cdi in answer.cdi_devices:
+                    show(f"  CDI    {cdi.name}")
+            if cdi_dir is not None:
+                specs = sorted(p.name for p in cdi_dir.glob("vnfio-*.json"))
+                show(f"CDI specs in {cdi_dir}: {', '.join(specs)}")
+            infos = sorted(p.name for p in (tmp / "devinfo").glob("*-device.json"))
+            show(f"device-info files for Multus: {', '.join(infos) or 'none'}")
 
             step("Stop the device plugin (SIGTERM): it ends its streams and removes its sockets")
             daemon.send_signal(signal.SIGTERM)
@@ -246,17 +260,22 @@ def cni_part(tmp: Path) -> None:
             show(f"{ns.name}: CHECK ok, DEL ok; links left in the pod: {sorted(ns.links())}")
 
 
-def main() -> int:
-    if os.geteuid() != 0:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="vnfio end to end on a generated board")
+    parser.add_argument("--cdi-dir", type=Path, default=None, help="let the device plugin write CDI specs here")
+    parser.add_argument("--device-plugin-only", action="store_true", help="skip the CNI part")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0 and not args.device_plugin_only:
         print("the demo needs root: it creates network namespaces and links", file=sys.stderr)
         return 1
     before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
     with tempfile.TemporaryDirectory(prefix="vnfio-demo-", dir="/tmp") as name:
         tmp = Path(name)
         try:
-            device_plugin_part(tmp)
-            dra_part(tmp)
-            cni_part(tmp)
+            device_plugin_part(tmp, args.cdi_dir)
+            if not args.device_plugin_only:
+                dra_part(tmp)
+                cni_part(tmp)
         except Exception as exc:
             print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
             for log in sorted(tmp.glob("*.log")):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deviceplugin.discovery.iommu import discover_groups, noiommu_mode
-from deviceplugin.discovery.sysfs import SysfsError, device_node
+from deviceplugin.discovery.sysfs import SysfsError, device_node, scan
 from deviceplugin.records import Inventory, IommuGroup
 
 if TYPE_CHECKING:
@@ -32,17 +32,23 @@ def discover(sysfs_root: Path, dev_root: Path, kinds: Iterable[DeviceKind] | Non
         kinds = KINDS.values()
     sysfs_root, dev_root = Path(sysfs_root), Path(dev_root)
     problems: list[str] = []
-    noiommu = noiommu_mode(sysfs_root, problems)
-    groups = discover_groups(sysfs_root, dev_root, noiommu, problems)
-    devices = {
-        kind.name: tuple(_checked(r, groups, problems) for r in kind.discover(sysfs_root, dev_root, problems))
-        for kind in kinds
-    }
+    with scan():
+        noiommu = noiommu_mode(sysfs_root, problems)
+        groups = discover_groups(sysfs_root, dev_root, noiommu, problems)
+        devices = {
+            kind.name: tuple(_checked(r, groups, problems) for r in kind.discover(sysfs_root, dev_root, problems))
+            for kind in kinds
+        }
     try:
         vfio_node = device_node(dev_root / "vfio/vfio", dev_root)
     except SysfsError as exc:
         problems.append(str(exc))
         vfio_node = None
+    try:
+        iommufd = device_node(dev_root / "iommu", dev_root)
+    except SysfsError as exc:
+        problems.append(str(exc))
+        iommufd = None
     for problem in problems:
         log.debug("discovery: %s", problem)
     return Inventory(
@@ -50,6 +56,7 @@ def discover(sysfs_root: Path, dev_root: Path, kinds: Iterable[DeviceKind] | Non
         groups=groups,
         noiommu=noiommu,
         vfio_container_node=vfio_node,
+        iommufd_node=iommufd,
         problems=tuple(problems),
         dev_root=str(dev_root),
     )

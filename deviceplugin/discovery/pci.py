@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from deviceplugin.discovery.sysfs import (
     group_number,
     is_pci_address,
     read_value,
-    resolve_inside,
+    real_dir,
 )
 from deviceplugin.records import PciDevice
 
@@ -27,7 +28,7 @@ def discover_pci(sysfs_root: Path, problems: list[str]) -> tuple[PciDevice, ...]
     """Every function under `bus/pci/devices`, ordered by address."""
     bus = sysfs_root / "bus/pci/devices"
     found: list[PciDevice] = []
-    vf_indexes: dict[Path, dict[Path, int]] = {}  # per PF directory, read once per scan: VF directory → N
+    vf_indexes: dict[str, dict[str, int]] = {}  # per PF directory, read once per scan: VF directory → N
     try:
         names = entries(bus)
     except SysfsError as exc:
@@ -38,13 +39,13 @@ def discover_pci(sysfs_root: Path, problems: list[str]) -> tuple[PciDevice, ...]
             problems.append(f"pci {name}: skipped: not a PCI address (DDDD:BB:DD.F)")
             continue
         try:
-            found.append(_read_function(bus / name, sysfs_root, problems, vf_indexes))
+            found.append(_read_function(f"{bus}/{name}", sysfs_root, problems, vf_indexes))
         except SysfsError as exc:
             problems.append(f"pci {name}: skipped: {exc}")
     return tuple(found)
 
 
-def _hex_attr(path: Path, digits: int) -> str:
+def _hex_attr(path: str, digits: int) -> str:
     raw = read_value(path)
     match = _HEX.match(raw or "")
     if not match or len(match.group(1)) != digits:
@@ -52,7 +53,7 @@ def _hex_attr(path: Path, digits: int) -> str:
     return match.group(1).lower()
 
 
-def _numa(path: Path, problems: list[str]) -> int | None:
+def _numa(path: str, problems: list[str]) -> int | None:
     try:
         raw = read_value(path)
         if raw is None:
@@ -64,16 +65,16 @@ def _numa(path: Path, problems: list[str]) -> int | None:
     return node if node >= 0 else None
 
 
-def _netdev(device_dir: Path) -> str | None:
-    names = entries(device_dir / "net")
+def _netdev(device_dir: str) -> str | None:
+    names = entries(f"{device_dir}/net")
     return names[0] if names else None
 
 
-def _virtfn_indexes(pf_dir: Path, sysfs_root: Path) -> dict[Path, int]:
+def _virtfn_indexes(pf_dir: str, sysfs_root: Path) -> dict[str, int]:
     """Where each `virtfnN` link of a PF leads, as VF directory → N: the kernel's own numbering of the VFs
     (sriov-dp's VF index, the `N` of `ip link set <pf> vf N`). A link that dangles, loops or leaves the tree
     names no VF; it is skipped, so only the VF it should have named goes without an index."""
-    indexes: dict[Path, int] = {}
+    indexes: dict[str, int] = {}
     try:
         names = entries(pf_dir)
     except SysfsError:
@@ -83,17 +84,17 @@ def _virtfn_indexes(pf_dir: Path, sysfs_root: Path) -> dict[Path, int]:
         if not match:
             continue
         try:
-            indexes[resolve_inside(pf_dir / name, sysfs_root)] = int(match.group(1))
+            indexes[real_dir(f"{pf_dir}/{name}", sysfs_root)] = int(match.group(1))
         except SysfsError:
             continue
     return indexes
 
 
 def _read_function(
-    link: Path, sysfs_root: Path, problems: list[str], vf_indexes: dict[Path, dict[Path, int]]
+    link: str, sysfs_root: Path, problems: list[str], vf_indexes: dict[str, dict[str, int]]
 ) -> PciDevice:
-    address = link.name
-    fdir = resolve_inside(link, sysfs_root)
+    address = link.rpartition("/")[2]
+    fdir = real_dir(link, sysfs_root)
     try:
         group = group_number(fdir, sysfs_root)
     except SysfsError as exc:
@@ -101,10 +102,11 @@ def _read_function(
         group = None
     pf_address = pf_name = None
     vf_index: int | None = None
-    if (fdir / "physfn").is_symlink():
+    if os.path.islink(f"{fdir}/physfn"):
         try:
-            pf_dir = resolve_inside(fdir / "physfn", sysfs_root)
-            pf_address = pf_dir.name if is_pci_address(pf_dir.name) else None
+            pf_dir = real_dir(f"{fdir}/physfn", sysfs_root)
+            pf_name_part = pf_dir.rpartition("/")[2]
+            pf_address = pf_name_part if is_pci_address(pf_name_part) else None
             pf_name = _netdev(pf_dir)
             # Scanning a PF's links once per scan, not once per VF: a PF with hundreds of VFs stays linear.
             if pf_dir not in vf_indexes:
@@ -112,18 +114,19 @@ def _read_function(
             vf_index = vf_indexes[pf_dir].get(fdir)
         except SysfsError as exc:
             problems.append(f"pci {address}: {exc}; PF unknown")
+    parent_name = fdir.rpartition("/")[0].rpartition("/")[2]
     return PciDevice(
         address=address,
-        vendor=_hex_attr(fdir / "vendor", 4),
-        device=_hex_attr(fdir / "device", 4),
-        pci_class=_hex_attr(fdir / "class", 6),
+        vendor=_hex_attr(f"{fdir}/vendor", 4),
+        device=_hex_attr(f"{fdir}/device", 4),
+        pci_class=_hex_attr(f"{fdir}/class", 6),
         driver=driver_name(fdir, sysfs_root),
         iommu_group=group,
-        numa_node=_numa(fdir / "numa_node", problems),
+        numa_node=_numa(f"{fdir}/numa_node", problems),
         pf_address=pf_address,
         pf_name=pf_name,
         netdev=_netdev(fdir),
-        root_device=fdir.parent.name if is_pci_address(fdir.parent.name) else None,
+        root_device=parent_name if is_pci_address(parent_name) else None,
         vf_index=vf_index,
-        pcie_root=next((part for part in fdir.parts if _PCIE_ROOT.match(part)), None),
+        pcie_root=next((part for part in fdir.split("/") if _PCIE_ROOT.match(part)), None),
     )

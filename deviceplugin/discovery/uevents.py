@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 NETLINK_KOBJECT_UEVENT = 15
 KERNEL_GROUP = 1  # group 2 carries udev's re-broadcasts (libudev framing); we want the kernel's own
-# Group nodes and IOMMU groups change with every VFIO kind; each kind adds its bus (DeviceKind.uevent_subsystems).
-VFIO_SUBSYSTEMS = frozenset({"vfio", "iommu"})
+# Group nodes and IOMMU groups change with every VFIO kind, VFIO device cdevs (vfio-dev) and /dev/iommu (misc) with
+# vfioInterface cdev/both; each kind adds its bus (DeviceKind.uevent_subsystems).
+VFIO_SUBSYSTEMS = frozenset({"vfio", "iommu", "vfio-dev", "misc"})
 RELEVANT_ACTIONS = frozenset({"add", "remove", "bind", "unbind", "change", "move"})
 DEFAULT_DEBOUNCE = 0.075  # seconds: a VF bind is unbind+bind+add of the group node; one rescan covers all
 _RECEIVE_BUFFER = 4 * 1024 * 1024  # bursts of SR-IOV hot-plug (hundreds of VFs) must not overflow the socket

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from deviceplugin.kinds import fslmc, pci
+from deviceplugin.kinds import fslmc, pci, platform, vhostnet
 from deviceplugin.kinds.base import DeviceKind
 
 # deviceType → kind, in the order discovery reads and documentation lists them.
 KINDS: Mapping[str, DeviceKind] = {
     fslmc.NAME: fslmc.KIND,
     pci.NAME: pci.KIND,
+    platform.NAME: platform.KIND,
+    vhostnet.NAME: vhostnet.KIND,
 }
 
 

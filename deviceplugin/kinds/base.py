@@ -29,11 +29,14 @@ class DeviceKind(Protocol):
     """One kind of device. Kinds are stateless singletons listed in `deviceplugin.kinds.KINDS`."""
 
     name: str  # the config's deviceType, and PoolDevice.kind / ResourcePool.device_type
-    label: str  # the node label set while a pool of this kind advertises a device
+    label: str | None  # the node label set while a pool of this kind advertises a device; None: no label
     uevent_subsystems: frozenset[str]  # kernel subsystems whose uevents may change what this kind discovers
     selector_keys: tuple[str, ...]  # the keys its `selectors` mapping accepts, in documentation order
     # None: the pool key iommuGroups applies; otherwise why it does not (shown in the config problem).
     iommu_groups_rule: str | None
+    # Pool-level keys only this kind takes (beside the common ones in policy/config.py), e.g. `count`,
+    # `vfioInterface`: the config accepts them for this kind and names the kinds that take them otherwise.
+    pool_keys: tuple[str, ...]
 
     def discover(self, sysfs_root: Path, dev_root: Path, problems: list[str]) -> tuple[Any, ...]:
         """Read this kind's records from the trees (never write); append a line per thing skipped."""
@@ -41,6 +44,11 @@ class DeviceKind(Protocol):
 
     def parse_selectors(self, raw: Mapping[Any, Any], bad: Bad) -> object | None:
         """The kind's selectors from the config's `selectors` mapping; None after reporting a problem."""
+        ...
+
+    def parse_pool_keys(self, entry: Mapping[Any, Any], bad: Bad) -> dict[str, Any]:
+        """The kind's own pool keys from a pool entry (only `pool_keys` are looked at), as PoolConfig.options;
+        a bad value is reported through `bad(key, reason)`."""
         ...
 
     def units(self, cfg: PoolConfig, inventory: Inventory, known: set[str]) -> list[Unit]:

@@ -36,6 +36,8 @@ OBJECT_TYPES = (
     "dpdmai", "dpdmux", "dpsw", "dprtc", "dpci", "dpaiop", "dpdcei", "dpdbg",
 )  # fmt: skip
 _DPRC = re.compile(r"^dprc\.[0-9]+\Z")
+# DPDK's FSLMC_CONTAINER_MAX_LEN: a DPRC name this long or longer is refused by the fslmc bus.
+DPDK_CONTAINER_NAME_MAX = 8
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,19 @@ class FslMcKind:
     uevent_subsystems = frozenset({"fsl-mc"})
     selector_keys = tuple(_KEYS)
     iommu_groups_rule: str | None = "a DPAA2 container is always one group"
+    # No vfioInterface: DPDK's fslmc bus opens only /dev/vfio/vfio and the group node, never a VFIO cdev.
+    pool_keys: tuple[str, ...] = ()
 
     def discover(self, sysfs_root: Path, dev_root: Path, problems: list[str]) -> tuple[FslMcContainer, ...]:
-        return discover_containers(sysfs_root, problems)
+        containers = discover_containers(sysfs_root, problems)
+        # Said here too, so the daemon logs it (once) and `list` shows it, whichever pool selects the container.
+        for container in containers:
+            if not container.is_root and (reason := dpdk_name_problem(container.name)) is not None:
+                problems.append(f"fsl-mc {reason}; it is never handed out")
+        return containers
+
+    def parse_pool_keys(self, entry: Mapping[Any, Any], bad: Bad) -> dict[str, Any]:
+        return {}
 
     # ------------------------------------------------------------------------------------------ selectors
     def parse_selectors(self, raw: Mapping[Any, Any], bad: Bad) -> FslMcSelectors | None:
@@ -158,8 +170,24 @@ class FslMcKind:
         return attributes
 
 
+def dpdk_name_problem(name: str) -> str | None:
+    """Why DPDK cannot take this container by name; None when it can.
+
+    DPDK's fslmc bus refuses `DPRC` values of FSLMC_CONTAINER_MAX_LEN (8) characters or more ("Invalid container
+    name", `fslmc_get_container_group` in drivers/bus/fslmc/fslmc_vfio.c): `dprc.100` and above. Handing one out
+    would only fail later inside the pod, so such a container is left out, and said so."""
+    if len(name) < DPDK_CONTAINER_NAME_MAX:
+        return None
+    return (
+        f"{name}: DPDK's fslmc bus refuses container names of {DPDK_CONTAINER_NAME_MAX} characters or more "
+        f'("Invalid container name", FSLMC_CONTAINER_MAX_LEN); use a container numbered below 100'
+    )
+
+
 def _unit(container: FslMcContainer, selectors: FslMcSelectors, inventory: Inventory, known: set[str]) -> Unit:
     not_eligible = []
+    if (reason := dpdk_name_problem(container.name)) is not None:
+        not_eligible.append(reason)
     if container.driver != VFIO_FSL_MC:
         not_eligible.append(f"{container.name} needs driver {VFIO_FSL_MC} but is {binding(container.driver)}")
     elif (reason := selectors.driver_mismatch(container)) is not None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from deviceplugin.discovery.iommu import is_vfio_driver
 from deviceplugin.discovery.pci import discover_pci
 from deviceplugin.kinds.base import Attribute, Bad
-from deviceplugin.policy.health import Unit, group_health, group_nodes, judge
+from deviceplugin.policy.health import Unit, judge, parse_vfio_interface, vfio_access
 from deviceplugin.policy.selectors import ANY_NAME, KeyParser, ListKey, binding, one_of, parse_keys, show
 from deviceplugin.records import Inventory, PciDevice, PoolDevice, ResourcePool, env_suffix
 
@@ -188,9 +188,13 @@ class PciKind:
     uevent_subsystems = frozenset({"pci"})
     selector_keys = tuple(_KEYS)
     iommu_groups_rule: str | None = None
+    pool_keys = ("vfioInterface",)
 
     def discover(self, sysfs_root: Path, dev_root: Path, problems: list[str]) -> tuple[PciDevice, ...]:
         return discover_pci(sysfs_root, problems)
+
+    def parse_pool_keys(self, entry: Mapping[Any, Any], bad: Bad) -> dict[str, Any]:
+        return parse_vfio_interface(entry, bad)
 
     def parse_selectors(self, raw: Mapping[Any, Any], bad: Bad) -> PciSelectors | None:
         values = parse_keys(raw, NAME, _KEYS, bad)
@@ -209,6 +213,7 @@ class PciKind:
             named = [fn for fn in named if selectors.identity_mismatch(fn) is None]
             return [fn for fn in named if sticky or selectors.pf_mismatch(fn) is None]
 
+        interface = cfg.options.get("vfioInterface", "group")
         units: list[Unit] = []
         members_of: dict[int, set[str]] = {n: set(g.members) for n, g in inventory.groups.items()}
         for fn in functions:
@@ -216,7 +221,7 @@ class PciKind:
                 members_of.setdefault(fn.iommu_group, set()).add(fn.address)
             elif not fn.is_bridge and selected([fn.address], fn.address in known):
                 no_group = [f"{fn.address} has no IOMMU group"]
-                units.append(_unit(fn.address, [fn], None, selectors, inventory, known, no_group))
+                units.append(_unit(fn.address, [fn], None, selectors, inventory, known, no_group, interface=interface))
         for fn in [by_address[a] for a in sorted(bridges)]:
             if selectors.identity_mismatch(fn) is not None or selectors.pf_mismatch(fn) is not None:
                 continue
@@ -231,7 +236,7 @@ class PciKind:
             if not matched:
                 continue
             if len(group_functions) == 1:
-                units.append(_unit(unit_id, matched, number, selectors, inventory, known, []))
+                units.append(_unit(unit_id, matched, number, selectors, inventory, known, [], interface=interface))
                 continue
             listing = f"IOMMU group {number} holds {len(group_functions)} functions ({', '.join(group_functions)})"
             if cfg.iommu_groups == "exclude":
@@ -240,7 +245,10 @@ class PciKind:
             foreign = [a for a in group_functions if a not in {fn.address for fn in matched}]
             split = [f"{listing}; the selectors do not take {', '.join(foreign)} and a group is never split"]
             units.append(
-                _unit(unit_id, matched, number, selectors, inventory, known, split if foreign else [], group_functions)
+                _unit(
+                    unit_id, matched, number, selectors, inventory, known, split if foreign else [], group_functions,
+                    interface=interface,
+                )
             )
         return sorted(units, key=lambda u: (u.claims[0], u.id))
 
@@ -282,6 +290,8 @@ def _unit(
     known: set[str],
     not_eligible: list[str],
     addresses: list[str] | None = None,
+    *,
+    interface: str = "group",
 ) -> Unit:
     """One advertised PCI unit from the `functions` the selectors took (all of `addresses`, unless split)."""
     not_eligible = list(not_eligible)
@@ -290,9 +300,9 @@ def _unit(
             not_eligible.append(reason)
         elif not is_vfio_driver(fn.driver):
             not_eligible.append(f"{fn.address} needs a vfio driver but is {binding(fn.driver)}")
-    unhealthy = group_health(inventory, group) if group is not None else []
     numa = {fn.numa_node for fn in functions}
     all_addresses = tuple(addresses or sorted(fn.address for fn in functions))
+    access = vfio_access(inventory, group, all_addresses, interface) if group is not None else None
     device = PoolDevice(
         id=unit_id,
         kind=NAME,
@@ -302,9 +312,10 @@ def _unit(
         members=all_addresses,
         pci_addresses=all_addresses,
         pfs=tuple(sorted({fn.pf_address for fn in functions if fn.pf_address})),
-        nodes=group_nodes(inventory, group) if group is not None else (),
+        nodes=access.nodes if access is not None else (),
+        cdevs=access.cdevs if access is not None else (),
     )
-    return judge(device, all_addresses, known, not_eligible, unhealthy)
+    return judge(device, all_addresses, known, not_eligible, access.unhealthy if access is not None else [])
 
 
 KIND = PciKind()

@@ -94,6 +94,13 @@ class PluginMetrics:
         self.config_reload_time = Gauge(
             "vnfio_config_last_reload_success_timestamp_seconds", "When a config was last applied", registry=r
         )
+        self.file_write_failures = Counter(
+            "vnfio_file_write_failures",
+            "Failed writes or removals of files for the runtime and CNI: CDI specs (what=cdi), device information "
+            "files (what=device-info); Allocate answers regardless",
+            ["resource", "what"],
+            registry=r,
+        )
         self._resources: set[str] = set()
         self._stale_after = stale_after
         self._heartbeat = time.monotonic()
@@ -132,6 +139,9 @@ class PluginMetrics:
             self.allocated_devices.labels(resource).inc(device_count)
         else:
             self.allocation_failures.labels(resource, status).inc()
+
+    def file_write_failed(self, resource: str, what: str) -> None:
+        self.file_write_failures.labels(resource, what).inc()
 
     def observe_preferred_allocation(self, resource: str, seconds: float) -> None:
         self.preferred_seconds.labels(resource).observe(seconds)

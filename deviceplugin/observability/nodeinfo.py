@@ -43,7 +43,7 @@ _JSON = "application/json"  # the generated client sends no Content-Type on crea
 def offered_labels(pools: Iterable[ResourcePool]) -> dict[str, str | None]:
     """The node labels for these pools: "true" for a kind with devices, None (remove) for one without."""
     offered = {pool.device_type for pool in pools if pool.devices}
-    return {kind.label: ("true" if name in offered else None) for name, kind in KINDS.items()}
+    return {kind.label: ("true" if name in offered else None) for name, kind in KINDS.items() if kind.label}
 
 
 @dataclass(frozen=True)

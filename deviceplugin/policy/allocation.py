@@ -19,6 +19,7 @@ from deviceplugin.records import (
     ResourcePool,
     UnhealthyDevices,
     UnknownDevices,
+    env_suffix,
 )
 
 
@@ -40,10 +41,21 @@ def allocate(pool: ResourcePool, device_ids: Sequence[str]) -> ContainerAllocati
     nodes: dict[str, DeviceNode] = {}
     for node in sorted((n for d in devices for n in d.nodes), key=_node_order):
         nodes.setdefault(node.container_path, node)
-    return ContainerAllocation(
-        envs=kind.envs(pool.resource_name, devices),
-        devices=tuple(nodes.values()),
-    )
+    envs = kind.envs(pool.resource_name, devices)
+    envs.update(cdev_env(pool.resource_name, devices))
+    return ContainerAllocation(envs=envs, devices=tuple(nodes.values()))
+
+
+def cdev_env(resource_name: str, devices: Sequence[PoolDevice]) -> dict[str, str]:
+    """`VFIO_CDEV_<RES>=0000:03:10.0=vfio3,0000:03:10.1=vfio4` for pools with vfioInterface cdev or both.
+
+    The cdev index X is the kernel's lowest free number, unrelated to the address or the group, so a workload
+    cannot guess which /dev/vfio/devices/vfioX is which device: this says it, sorted by device name, namespaced
+    per resource as kubelet merges every resource's env (first name wins)."""
+    pairs = sorted({pair for d in devices for pair in d.cdevs})
+    if not pairs:
+        return {}
+    return {f"VFIO_CDEV_{env_suffix(resource_name)}": ",".join(f"{member}={cdev}" for member, cdev in pairs)}
 
 
 def preferred_allocation(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from deviceplugin.records import env_suffix
 
 DEFAULT_PREFIX = "vnfio.io"
 IOMMU_GROUP_MODES = ("whole", "exclude")
-POOL_KEYS = ("resourceName", "resourcePrefix", "deviceType", "selectors", "iommuGroups")
+# Keys every pool takes; each kind adds its own (DeviceKind.pool_keys), so this module has no per-kind branch.
+POOL_KEYS = ("resourceName", "resourcePrefix", "deviceType", "selectors", "iommuGroups", "needVhostNet")
 
 MAX_CONFIG_BYTES = 1 << 20  # a real resourceList is a few KiB; 1 MiB leaves room and bounds what a reload reads
 MAX_CONFIG_NODES = 100_000  # YAML nodes after expanding every alias (a real config has hundreds)
@@ -47,6 +48,31 @@ SAMPLE_CONFIG: dict[str, Any] = {
             "resourcePrefix": "intel.com",
             "deviceType": "pci",
             "selectors": {"vendors": ["8086"], "devices": ["154c"], "drivers": ["vfio-pci"]},
+        },
+    ]
+}
+
+
+# What `--sample-board` runs without a config file: the issue example above plus a platform pool (SoC devices on
+# vfio-platform / vfio-amba; the eSDHC is named by its compatible but kernel-owned, so `list` shows why it is left
+# out) and a vhost-net pool, so every kind the plugin knows shows up on the full sample board.
+SAMPLE_BOARD_CONFIG: dict[str, Any] = {
+    "resourceList": [
+        *SAMPLE_CONFIG["resourceList"],
+        {
+            "resourceName": "soc_platform",
+            "resourcePrefix": "nxp.com",
+            "deviceType": "platform",
+            "selectors": {
+                "drivers": ["vfio-platform", "vfio-amba"],
+                "compatibles": ["fsl,lx2160a-ahci", "fsl,lx2160a-i2c", "fsl,esdhc", "arm,pl011"],
+            },
+        },
+        {
+            "resourceName": "vhost_net",
+            "resourcePrefix": "vnfio.io",
+            "deviceType": "vhost-net",
+            "count": 8,
         },
     ]
 }
@@ -88,6 +114,8 @@ class PoolConfig:
     device_type: str  # the kind's name (deviceType): a key of deviceplugin.kinds.KINDS
     selectors: Any  # the kind's selectors dataclass
     iommu_groups: str = "whole"  # kinds with multi-device groups: one device ("whole") or left out ("exclude")
+    need_vhost_net: bool = False  # its containers also get /dev/vhost-net and /dev/net/tun (sriov-dp's key)
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)  # the kind's own pool keys, parsed
 
     @property
     def resource_name(self) -> str:
@@ -236,9 +264,17 @@ def _parse_pool(index: int, entry: object) -> tuple[PoolConfig | None, list[Conf
     if not isinstance(entry, Mapping):
         bad("", f"expected a mapping with resourceName and deviceType, got {show(entry)}")
         return None, problems
+    raw_type = entry.get("deviceType")
+    kind = KINDS.get(raw_type) if isinstance(raw_type, str) else None
     for key in entry:
-        if key not in POOL_KEYS:
-            bad(str(key), f"unknown key (expected one of {', '.join(POOL_KEYS)})")
+        if key in POOL_KEYS or (kind is not None and key in kind.pool_keys):
+            continue
+        takers = [k.name for k in KINDS.values() if key in k.pool_keys]
+        if takers and kind is not None:
+            bad(str(key), f"only for deviceType {' or '.join(takers)}, not {kind.name}")
+        elif not takers:
+            known = [*POOL_KEYS, *(kind.pool_keys if kind is not None else ())]
+            bad(str(key), f"unknown key (expected one of {', '.join(known)})")
 
     name = entry.get("resourceName")
     if name is None:
@@ -253,8 +289,6 @@ def _parse_pool(index: int, entry: object) -> tuple[PoolConfig | None, list[Conf
     if (reason := _prefix_problem(prefix)) is not None:
         bad("resourcePrefix", reason)
 
-    raw_type = entry.get("deviceType")
-    kind = KINDS.get(raw_type) if isinstance(raw_type, str) else None
     if raw_type is None:
         bad("deviceType", f"required ({' or '.join(KINDS)})")
     elif kind is None:
@@ -267,6 +301,11 @@ def _parse_pool(index: int, entry: object) -> tuple[PoolConfig | None, list[Conf
     elif mode not in IOMMU_GROUP_MODES:
         bad("iommuGroups", f"expected whole or exclude, got {show(mode)}")
 
+    need_vhost_net = entry.get("needVhostNet", False)
+    if not isinstance(need_vhost_net, bool):
+        bad("needVhostNet", f"expected true or false, got {show(need_vhost_net)}")
+    options = kind.parse_pool_keys(entry, bad) if kind is not None else {}
+
     selectors: object | None = None
     if kind is not None:
         raw_selectors = entry.get("selectors", {})
@@ -276,7 +315,7 @@ def _parse_pool(index: int, entry: object) -> tuple[PoolConfig | None, list[Conf
             selectors = kind.parse_selectors(raw_selectors, bad)
     if problems or selectors is None or kind is None:
         return None, problems
-    return PoolConfig(name, prefix, kind.name, selectors, mode), problems
+    return PoolConfig(name, prefix, kind.name, selectors, mode, need_vhost_net is True, options), problems
 
 
 def _prefix_problem(prefix: object) -> str | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from deviceplugin.kinds import kind_of
 from deviceplugin.policy.config import ConfigProblem, PoolConfig
+from deviceplugin.policy.health import with_vhost_net
 from deviceplugin.records import Inventory, PoolDevice, ResourcePool
 
 
@@ -45,7 +46,7 @@ def build_pools(
                 excluded.append((unit.id, f"already in pool {owner}"))
                 continue
             claimed.update(dict.fromkeys(unit.claims, cfg.resource_name))
-            devices.append(unit.device)
+            devices.append(with_vhost_net(unit.device, inventory) if cfg.need_vhost_net else unit.device)
         pools[cfg.resource_name] = ResourcePool(
             name=cfg.name,
             prefix=cfg.prefix,

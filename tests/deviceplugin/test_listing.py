@@ -154,7 +154,8 @@ def test_sample_board_uses_the_sample_config_and_cleans_up(tmp_path: Path, capsy
     )
     report = _json(capsys)
     assert report["sampleBoard"] is True and report["config"] == "built-in sample config"
-    assert [len(p["devices"]) for p in report["pools"]] == [2, 3]
+    # The issue-14 sample config adds a platform pool (3 units) and a vhost-net pool (8 slots) after the two.
+    assert [len(p["devices"]) for p in report["pools"]] == [2, 3, 3, 8]
     assert not Path(report["sysfsRoot"]).exists()
 
 
@@ -174,9 +175,12 @@ def test_console_script_lists_the_sample_board(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     ids = {p["resourceName"]: [d["id"] for d in p["devices"]] for p in report["pools"]}
+    # Issue 14: `list --sample-board` also shows the platform and vhost-net pools of the built-in config.
     assert ids == {
         "nxp.com/dpaa2_dprc": ["dprc.2", "dprc.3"],
         "intel.com/intel_vf": ["0001:01:00.1", "0001:01:00.2", "iommu-group-22"],
+        "nxp.com/soc_platform": ["iommu-group-31", "21c0000.serial", "3200000.sata"],
+        "vnfio.io/vhost_net": [f"vhost-net-{i}" for i in range(8)],
     }
     proc = subprocess.run([*args[:4], "table", *args[5:]], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0 and "nxp.com/dpaa2_dprc" in proc.stdout

@@ -15,6 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from deviceplugin.kubelet.dpapi.kubeletwatch import FileIdentity, KubeletWatch, file_identity, kubelet_socket
+from deviceplugin.kubelet.dpapi.outputs import OutputSettings, PoolOutputs
 from deviceplugin.kubelet.dpapi.registration import RegistrationError, register
 from deviceplugin.kubelet.dpapi.server import PluginServer, RpcObserver
 from deviceplugin.observability.metrics import PluginMetrics
@@ -47,8 +48,10 @@ class PoolEndpoint:
         kubelet_watch: KubeletWatch,
         kubelet_changed: Callable[[], asyncio.Event],
         observer: RpcObserver | None = None,
+        outputs: OutputSettings | None = None,
     ) -> None:
-        """`kubelet_changed()` returns the event set on the next kubelet restart (the daemon replaces it each
+        """`outputs`: where the pool's CDI spec and device-information files go (None: nowhere).
+        `kubelet_changed()` returns the event set on the next kubelet restart (the daemon replaces it each
         time), so a registration waiting out a backoff retries at once when a kubelet comes back."""
         self._pool = pool
         self._plugin_dir = Path(plugin_dir)
@@ -61,6 +64,9 @@ class PoolEndpoint:
         self.registered_with: FileIdentity | None = None  # the kubelet.sock that accepted us
         self.start_failure: str | None = None
         self._registering: asyncio.Task[None] | None = None
+        self.outputs = (
+            PoolOutputs(outputs, pool.resource_name, metrics.file_write_failed) if outputs is not None else None
+        )
 
     @property
     def resource_name(self) -> str:
@@ -92,7 +98,9 @@ class PoolEndpoint:
         if pool is not None:
             self._pool = pool
         resource = self.resource_name
-        server = PluginServer(self._pool, self._plugin_dir, observer=self._observer)
+        if self.outputs is not None:
+            self.outputs.sync(self._pool)  # the spec is on disk before kubelet can Allocate from this server
+        server = PluginServer(self._pool, self._plugin_dir, observer=self._observer, outputs=self.outputs)
         try:
             if clash is not None:
                 raise OSError(f"socket {self.socket_name} is already served for {clash}")
@@ -126,6 +134,12 @@ class PoolEndpoint:
             resource = self.resource_name
             log.exception("stopping the server of %s failed", resource, extra={"resource": resource})
 
+    def release_outputs(self) -> None:
+        """The pool left the config or the plugin stops: remove its CDI spec and device-information files. (Not
+        on a restart for kubelet's sake: a runtime resolving a CDI name meanwhile must still find the spec.)"""
+        if self.outputs is not None:
+            self.outputs.release()
+
     async def restart(self, pool: ResourcePool | None = None) -> bool:
         """Serve anew. The old server goes first: gRPC removes its socket path at shutdown, whichever file is
         there then."""
@@ -135,6 +149,8 @@ class PoolEndpoint:
     def update(self, pool: ResourcePool) -> bool:
         """A new snapshot of the pool; True when kubelet's view changed (the streams were told)."""
         self._pool = pool
+        if self.outputs is not None:
+            self.outputs.sync(pool)
         if self.server is None:
             return False
         changed = self.server.update(pool)

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import grpc
 
+from deviceplugin.kubelet.dpapi.outputs import PoolOutputs
 from deviceplugin.kubelet.dpapi.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.policy.allocation import allocate, preferred_allocation
 from deviceplugin.records import (
@@ -76,12 +77,16 @@ def device_spec(node: DeviceNode) -> api_pb2.DeviceSpec:
     )
 
 
-def container_response(allocation: ContainerAllocation) -> api_pb2.ContainerAllocateResponse:
-    """A policy answer as the protobuf kubelet stores in its checkpoint and hands to the runtime."""
+def container_response(
+    allocation: ContainerAllocation, cdi_names: Sequence[str] = (), *, device_specs: bool = True
+) -> api_pb2.ContainerAllocateResponse:
+    """A policy answer as the protobuf kubelet stores in its checkpoint and hands to the runtime; with CDI, the
+    fully qualified CDI device names too (and, `--cdi-only`, no DeviceSpecs: the runtime injects the nodes)."""
     return api_pb2.ContainerAllocateResponse(
         envs=dict(allocation.envs),
-        devices=[device_spec(node) for node in allocation.devices],
+        devices=[device_spec(node) for node in allocation.devices] if device_specs else [],
         annotations=dict(allocation.annotations),
+        cdi_devices=[api_pb2.CDIDevice(name=name) for name in cdi_names],
     )
 
 
@@ -163,10 +168,23 @@ class _DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
     ) -> api_pb2.AllocateResponse:
         pool = self._server.pool
 
+        outputs = self._server.outputs
+
         def answer() -> api_pb2.AllocateResponse:
             # Kubelet sends one request per container and resource; answer however many come.
-            requests = request.container_requests
-            responses = [container_response(allocate(pool, list(req.devices_ids))) for req in requests]
+            responses = []
+            for req in request.container_requests:
+                ids = list(req.devices_ids)
+                allocation = allocate(pool, ids)
+                if outputs is None:
+                    responses.append(container_response(allocation))
+                    continue
+                outputs.allocated([d for d in pool.devices if d.id in set(ids)])
+                responses.append(
+                    container_response(
+                        allocation, outputs.cdi_names(ids), device_specs=not outputs.drop_device_specs
+                    )
+                )
             return api_pb2.AllocateResponse(container_responses=responses)
 
         def allocated(_: api_pb2.AllocateResponse) -> tuple[str, ...]:
@@ -214,7 +232,16 @@ class PluginServer:
     path: gRPC removes its socket file at shutdown, whoever's it is by then.
     """
 
-    def __init__(self, pool: ResourcePool, plugin_dir: Path, *, observer: RpcObserver | None = None) -> None:
+    def __init__(
+        self,
+        pool: ResourcePool,
+        plugin_dir: Path,
+        *,
+        observer: RpcObserver | None = None,
+        outputs: PoolOutputs | None = None,
+    ) -> None:
+        """`outputs`: the pool's CDI spec and device-information files (None: neither)."""
+        self.outputs = outputs
         self._pool = pool
         self._plugin_dir = Path(plugin_dir)
         self._observer = observer
