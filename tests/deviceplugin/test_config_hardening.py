@@ -158,6 +158,7 @@ def test_alias_bomb_reload_keeps_the_pools_and_memory_bounded(
     args = [
         "--config", str(volume.path), "--sysfs-root", str(board.sys), "--dev-root", str(board.dev),
         "--plugin-dir", str(plugin_dir), "--metrics-port", str(port), "--metrics-host", "127.0.0.1", "--no-uevents",
+        "--device-info-dir", "",  # never the node's /var/run: tests leave the host alone
     ]  # fmt: skip
     log_path = tmp_path / "daemon.log"
     with log_path.open("w") as log:

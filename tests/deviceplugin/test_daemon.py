@@ -74,6 +74,7 @@ def running_daemon(
         "--sysfs-root", str(board.sys),
         "--dev-root", str(board.dev),
         "--plugin-dir", str(plugin_dir),
+        "--device-info-dir", "",  # never the node's /var/run: tests leave the host alone
         "--no-uevents",
         "--log-level", "debug",
         *extra,

@@ -53,6 +53,7 @@ class Daemon:
             "--sysfs-root", str(board.sys),
             "--dev-root", str(board.dev),
             "--plugin-dir", str(plugin_dir),
+            "--device-info-dir", "",  # never the node's /var/run: tests leave the host alone
             "--rescan-interval", "0.2",  # the safety net behind the kubelet watch, as the brief allows
             "--no-uevents",
         ]  # fmt: skip

@@ -386,6 +386,7 @@ def test_metrics_endpoint_and_sigterm(
     args = [
         "--config", str(sample_config), "--sysfs-root", str(board.sys), "--dev-root", str(board.dev),
         "--plugin-dir", str(plugin_dir), "--metrics-port", str(port), "--metrics-host", "127.0.0.1",
+        "--device-info-dir", "",  # never the node's /var/run: tests leave the host alone
     ]  # fmt: skip
     log_path = tmp_path / "daemon.log"
     with log_path.open("w") as log:
@@ -455,6 +456,7 @@ def test_killed_daemon_leaves_sockets_that_the_next_one_replaces(
     args = [
         "--config", str(sample_config), "--sysfs-root", str(board.sys), "--dev-root", str(board.dev),
         "--plugin-dir", str(plugin_dir), "--no-uevents",
+        "--device-info-dir", "",  # never the node's /var/run: tests leave the host alone
     ]  # fmt: skip
     first = subprocess.Popen([PLUGIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

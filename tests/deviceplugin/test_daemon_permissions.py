@@ -80,6 +80,7 @@ def test_plugin_sockets_are_private_and_nothing_world_writable_is_created(
     args = [
         PLUGIN, "--config", str(config), "--sysfs-root", str(board.sys), "--dev-root", str(board.dev),
         "--plugin-dir", str(plugin_dir), "--rescan-interval", "0.2", "--no-uevents",
+        "--device-info-dir", "",  # never the node's /var/run: tests leave the host alone
     ]  # fmt: skip
     with (tmp_path / "daemon.log").open("w") as log:
         daemon = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=private, env=env, umask=umask)

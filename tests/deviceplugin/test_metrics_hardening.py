@@ -46,6 +46,7 @@ def plugin(tmp_path: Path, board: SampleBoard, plugin_dir: Path, kubelet: Kubele
     args = [
         "--config", str(config), "--sysfs-root", str(board.sys), "--dev-root", str(board.dev),
         "--plugin-dir", str(plugin_dir), "--metrics-port", str(port), "--metrics-host", "127.0.0.1", "--no-uevents",
+        "--device-info-dir", "",  # never the node's /var/run: tests leave the host alone
     ]  # fmt: skip
     process = subprocess.Popen([PLUGIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
