@@ -323,7 +323,7 @@ def test_the_daemon_uses_the_passed_fd_and_never_the_netns_path(world: Scenario,
 def test_the_socket_is_root_only_and_a_non_root_peer_is_refused(socket_dir: Path) -> None:
     ran: list[Mapping[str, str]] = []
 
-    def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> tuple[int, str]:
+    def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None, **_: object) -> tuple[int, str]:
         ran.append(env)
         return 0, "{}\n"
 
@@ -382,7 +382,7 @@ def test_the_socket_is_root_only_and_a_non_root_peer_is_refused(socket_dir: Path
 def test_a_request_withdrawn_before_go_is_not_run(socket_dir: Path) -> None:
     ran: list[Mapping[str, str]] = []
     path = socket_dir / "cni.sock"
-    server = CniDaemon(path, workers=1, execute=lambda env, stdin, netns_fd=None: (ran.append(env), (0, ""))[1])
+    server = CniDaemon(path, workers=1, execute=lambda env, stdin, netns_fd=None, **_: (ran.append(env), (0, ""))[1])
     server.bind()
     serving = threading.Thread(target=server.serve)
     serving.start()
@@ -418,7 +418,7 @@ def test_a_stale_socket_is_replaced_but_a_live_daemon_is_not(socket_dir: Path) -
 def test_stop_lets_a_running_request_finish(socket_dir: Path) -> None:
     entered, release = threading.Event(), threading.Event()
 
-    def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> tuple[int, str]:
+    def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None, **_: object) -> tuple[int, str]:
         entered.set()
         release.wait(30)
         return 0, "done\n"
