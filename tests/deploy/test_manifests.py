@@ -320,7 +320,8 @@ def test_cni_daemon_paths_match_what_the_executable_and_ipam_expect(
     assert str(PurePosixPath(DEFAULT_SOCKET).parent) == "/run/vnfio"
     assert DEFAULT_DATA_DIR.startswith("/var/lib/cni/")
     assert spec["hostNetwork"] is True and "hostPID" not in spec
-    assert daemon["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "SYS_ADMIN"]}
+    assert daemon["securityContext"]["capabilities"] == {"drop": ["ALL"],
+                                                         "add": ["NET_ADMIN", "SYS_ADMIN", "SYS_CHROOT"]}
     assert spec["automountServiceAccountToken"] is False
 
 
@@ -503,7 +504,8 @@ def confined_daemon(
         assert socket_path.exists(), (tmp_path / "daemon.log").read_text()
         status = Path(f"/proc/{daemon.pid}/status").read_text()
         effective = int(re.search(r"CapEff:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
-        assert effective == (1 << 12) | (1 << 21), f"CapEff {effective:x}: expected NET_ADMIN and SYS_ADMIN only"
+        expected = (1 << 12) | (1 << 21) | (1 << 18)
+        assert effective == expected, f"CapEff {effective:x}: expected NET_ADMIN, SYS_ADMIN and SYS_CHROOT only"
         yield socket_path
     finally:
         daemon.terminate()
