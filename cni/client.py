@@ -7,11 +7,17 @@ back. The wire format lives here, on the side that must stay light; the daemon i
 
 Wire format (a unix stream socket, one request per connection):
 
-    client -> daemon  MAGIC, u32 env length, u32 stdin length, env ("K=V" joined by NUL), stdin;
-                      the opened pod netns rides along as SCM_RIGHTS (none when CNI_NETNS is unset or absent)
+    client -> daemon  MAGIC, u32 flags, u32 env length, u32 stdin length, env ("K=V" joined by NUL), stdin;
+                      file descriptors ride on the first byte as SCM_RIGHTS, those the flags name, in this order:
+                      FD_NETNS the opened pod netns (none when CNI_NETNS is unset or absent), FD_MOUNT_NS our own
+                      mount namespace (the runtime's), which delegated IPAM plugins run in
     daemon -> client  ACCEPTED, or REFUSED + u32 length + message
     client -> daemon  GO
     daemon -> client  u32 exit code, u32 stdout length, stdout
+
+The daemon also takes the first version (MAGIC_V1, no flags word, at most the netns fd), so an older `vnfio`
+left on a node keeps working against a newer daemon. A daemon sends ACCEPTED only once a worker is free to run
+the request; until then the client's timeout runs, and after it the client does the work itself.
 
 Why the ACCEPTED/GO handshake: the client may give up on a silent daemon and do the work itself, but a
 request must never run twice (a second ADD would collide with the first). The daemon starts the work only
@@ -34,13 +40,20 @@ TIMEOUT_ENV = "VNFIO_CNI_TIMEOUT"  # seconds the daemon has to accept a request 
 DEFAULT_TIMEOUT = 5.0
 FORWARDED = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 
-MAGIC = b"VNFIO-CNI/1\n"
+MAGIC = b"VNFIO-CNI/2\n"
+MAGIC_V1 = b"VNFIO-CNI/1\n"  # no flags word; the one fd, if any, is the netns
+FD_NETNS, FD_MOUNT_NS = 0x1, 0x2  # request flags: which fds ride along, in this order
 ACCEPTED = b"A"
 REFUSED = b"R"
 GO = b"G"
-HEADER_SIZE = len(MAGIC) + 8
-MAX_ENV = 1 << 20  # the daemon refuses anything larger
-MAX_STDIN = 16 << 20
+HEADER_SIZE = len(MAGIC) + 12
+HEADER_SIZE_V1 = len(MAGIC_V1) + 8
+# What a request can legitimately be, and all a daemon buffers per connection: a runtime's environment is a few
+# KiB, a network config (with prevResult and runtimeConfig) rarely 64 KiB. The daemon refuses anything larger
+# from the header alone; `vnfio` refuses a larger config itself (code 6).
+MAX_ENV = 256 << 10
+MAX_STDIN = 1 << 20
+MOUNT_NS = b"/proc/self/ns/mnt"
 TRY_AGAIN = 11  # cni.errors.TRY_AGAIN, repeated to keep cni.errors (and json) off this path
 
 
@@ -60,9 +73,9 @@ def u32(value: int) -> bytes:
     return value.to_bytes(4, "big")
 
 
-def encode_request(environ: dict[bytes, bytes], stdin: bytes) -> bytes:
+def encode_request(environ: dict[bytes, bytes], stdin: bytes, flags: int = 0) -> bytes:
     env = b"\0".join(key + b"=" + value for key, value in environ.items())
-    return MAGIC + u32(len(env)) + u32(len(stdin)) + env + stdin
+    return MAGIC + u32(flags) + u32(len(env)) + u32(len(stdin)) + env + stdin
 
 
 def encode_reply(code: int, stdout: bytes) -> bytes:
@@ -86,18 +99,26 @@ def recv_exact(sock: _socket.socket, size: int) -> bytes:
 
 
 def forward(
-    environ: dict[bytes, bytes], stdin: bytes, netns_fd: int | None, socket_path: str, timeout: float
+    environ: dict[bytes, bytes], stdin: bytes, netns_fd: int | None, socket_path: str, timeout: float,
+    mount_ns_fd: int | None = None,
 ) -> tuple[int, bytes]:
     """Run the request in the daemon; NotForwarded if it did not start it, DaemonLost if it died after."""
+    env_size = sum(len(key) + len(value) + 2 for key, value in environ.items())
+    if env_size > MAX_ENV or len(stdin) > MAX_STDIN:
+        raise NotForwarded(f"the request (environment ~{env_size} bytes, config {len(stdin)} bytes) is larger than "
+                           f"the daemon takes ({MAX_ENV} and {MAX_STDIN})")
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(timeout)
         try:
             sock.connect(socket_path)
-            data = encode_request(environ, stdin)
+            fds = [fd for fd in (netns_fd, mount_ns_fd) if fd is not None]
+            flags = (FD_NETNS if netns_fd is not None else 0) | (FD_MOUNT_NS if mount_ns_fd is not None else 0)
+            data = encode_request(environ, stdin, flags)
             rights = []
-            if netns_fd is not None:
-                rights.append((_socket.SOL_SOCKET, _socket.SCM_RIGHTS, netns_fd.to_bytes(4, sys.byteorder)))
+            if fds:
+                payload = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+                rights.append((_socket.SOL_SOCKET, _socket.SCM_RIGHTS, payload))
             try:
                 sent = sock.sendmsg([data], rights)
                 if sent < len(data):
@@ -160,6 +181,15 @@ def _open_netns(path: bytes | None) -> tuple[int | None, bool]:
         return None, False
 
 
+def _open_mount_ns() -> int | None:
+    """Our mount namespace (the runtime's view of the node's files), for the daemon to run delegated IPAM plugins
+    in, as the runtime's own exec of them would. None if it cannot be opened: the daemon then uses its own."""
+    try:
+        return posix.open(MOUNT_NS, posix.O_RDONLY | posix.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 def in_process(stdin: bytes, netns_fd: int | None, archive: str | None = None) -> tuple[int, bytes]:
     """The same work the daemon does, here: the fallback path (imports pyroute2, ~150 ms)."""
     if archive is not None and archive not in sys.path:
@@ -192,6 +222,7 @@ def run(command: str, archive: str | None = None, forward_first: bool = True) ->
     environ = posix.environ
     stdin = _read_stdin()
     netns_fd, forwardable = _open_netns(environ.get(b"CNI_NETNS"))
+    mount_ns_fd = _open_mount_ns() if forward_first and forwardable else None
     try:
         socket_path = environ.get(SOCKET_ENV.encode(), b"").decode() or DEFAULT_SOCKET
         try:
@@ -203,7 +234,7 @@ def run(command: str, archive: str | None = None, forward_first: bool = True) ->
                 raise NotForwarded("handed over by the static vnfio: no daemon took the request")
             if not forwardable:
                 raise NotForwarded("CNI_NETNS exists but cannot be opened here")
-            code, out = forward(environ, stdin, netns_fd, socket_path, timeout)
+            code, out = forward(environ, stdin, netns_fd, socket_path, timeout, mount_ns_fd)
         except NotForwarded as exc:
             if isinstance(exc, Refused):
                 sys.stderr.write(f"vnfio: {exc}; running in-process\n")
@@ -215,7 +246,8 @@ def run(command: str, archive: str | None = None, forward_first: bool = True) ->
             else:
                 code, out = in_process(stdin, netns_fd, archive)
     finally:
-        if netns_fd is not None:
-            posix.close(netns_fd)
+        for fd in (netns_fd, mount_ns_fd):
+            if fd is not None:
+                posix.close(fd)
     _write_stdout(out)
     return code

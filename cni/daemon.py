@@ -4,7 +4,15 @@ It keeps pyroute2 and the modes imported (a fresh process pays ~150 ms for that)
 `cni.client` on a root-only unix socket: the client's environment, stdin and the opened pod netns fd
 (SCM_RIGHTS, so no hostPID and no access to the runtime's netns paths is needed). Each request runs through
 the same `cni.skel.execute` as the in-process path, in a bounded number of threads so different containers
-proceed in parallel. The daemon keeps no state of its own: reservations live on disk under flock, which the
+proceed in parallel.
+
+What a misbehaving client can cost it is bounded: a connection has HANDSHAKE_TIMEOUT seconds in all to deliver
+its request and its GO (a deadline, not a per-recv timeout); a serving process holds at most `max_connections`
+connections (one thread each) and closes any beyond them at once; a request is at most MAX_ENV + MAX_STDIN bytes,
+refused from its header when it claims more. A request is ACCEPTED only once a worker is free to run it, so a
+client waits for a busy daemon no longer than its own timeout, after which it does the work itself. SIGTERM first
+stops accepting (the listening socket is closed and removed, so a replacement can start at once), then lets the
+running requests finish. The daemon keeps no state of its own: reservations live on disk under flock, which the
 kernel releases if the daemon dies, so a restart loses nothing.
 """
 
@@ -24,15 +32,20 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cni import deferred
 from cni.client import (
     ACCEPTED,
     DEFAULT_SOCKET,
+    FD_MOUNT_NS,
+    FD_NETNS,
     GO,
     HEADER_SIZE,
+    HEADER_SIZE_V1,
     MAGIC,
+    MAGIC_V1,
     MAX_ENV,
     MAX_STDIN,
     encode_refusal,
@@ -42,8 +55,10 @@ from cni.client import (
 log = logging.getLogger(__name__)
 
 Execute = Callable[..., tuple[int, str]]
-HANDSHAKE_TIMEOUT = 10.0  # seconds a connected client has to send its request and its GO
+HANDSHAKE_TIMEOUT = 10.0  # seconds a connected client has, in all, to send its request and its GO
 SHUTDOWN_GRACE = 60.0  # seconds SIGTERM waits for requests already running
+MAX_CONNECTIONS = 64  # per serving process: connections (one thread each) being read, waiting or served
+_WORKER_POLL = 0.05  # seconds between checks, while waiting for a worker, that the client is still there
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _NOT_WARMED = ("cni.main", "cni.client", "cni.daemon", "cni.bundle", "cni.install")
 
@@ -77,46 +92,88 @@ def _decode_env(blob: bytes) -> dict[str, str]:
     return env
 
 
-def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, int | None] | None:
-    """One request: (env, stdin, netns fd or None); None if the peer hung up without a word (a liveness probe).
-    The fd is the caller's to close."""
-    data, fds, flags, _ = socket.recv_fds(conn, 1 << 16, 1)
-    if not data and not fds:
-        return None
-    netns_fd = fds[0] if fds else None
+@dataclass(frozen=True)
+class Request:
+    """One request as read from the socket; its fds (CLOEXEC) are the reader's to `close()`."""
+
+    env: dict[str, str]
+    stdin: bytes
+    netns_fd: int | None
+    mount_ns_fd: int | None
+
+    def close(self) -> None:
+        for fd in (self.netns_fd, self.mount_ns_fd):
+            if fd is not None:
+                os.close(fd)
+
+
+def _recv(conn: socket.socket, size: int, deadline: float) -> bytes:
+    """Up to `size` bytes, before `deadline` (time.monotonic) passes however slowly they come."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ProtocolError("no complete request within the handshake deadline")
+    conn.settimeout(left)
     try:
-        for extra in fds[1:]:
-            os.close(extra)
+        return conn.recv(size)
+    except TimeoutError:
+        raise ProtocolError("no complete request within the handshake deadline") from None
+
+
+def _fill(conn: socket.socket, data: bytearray, size: int, deadline: float) -> None:
+    while len(data) < size:
+        chunk = _recv(conn, min(size - len(data), 1 << 20), deadline)
+        if not chunk:
+            raise ProtocolError(f"connection closed after {len(data)} of {size} request bytes")
+        data += chunk
+
+
+def read_request(conn: socket.socket, deadline: float) -> Request | None:
+    """One request, complete before `deadline` (time.monotonic); None if the peer hung up without a word (a liveness
+    probe). Both wire versions of `cni.client`; a size beyond MAX_ENV/MAX_STDIN is refused from the header."""
+    left = deadline - time.monotonic()
+    conn.settimeout(max(left, 0.001))
+    try:
+        first, fds, flags, _ = socket.recv_fds(conn, HEADER_SIZE, 2, socket.MSG_CMSG_CLOEXEC)
+    except TimeoutError:
+        raise ProtocolError("no request within the handshake deadline") from None
+    if not first and not fds:
+        return None
+    try:
         if flags & socket.MSG_CTRUNC:
-            raise ProtocolError("more than one file descriptor sent")
-        while len(data) < HEADER_SIZE:
-            chunk = conn.recv(HEADER_SIZE - len(data))
-            if not chunk:
-                raise ProtocolError("connection closed inside the request header")
-            data += chunk
-        if not data.startswith(MAGIC):
-            raise ProtocolError(f"not a vnfio CNI request (starts {data[:16]!r})")
-        env_size = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 4], "big")
-        stdin_size = int.from_bytes(data[len(MAGIC) + 4 : HEADER_SIZE], "big")
+            raise ProtocolError("more than two file descriptors sent")
+        data = bytearray(first)
+        _fill(conn, data, len(MAGIC), deadline)
+        if data.startswith(MAGIC):
+            header = HEADER_SIZE
+            _fill(conn, data, header, deadline)
+            fd_flags, env_size, stdin_size = struct.unpack(">III", data[len(MAGIC) : header])
+        elif data.startswith(MAGIC_V1):
+            header = HEADER_SIZE_V1
+            _fill(conn, data, header, deadline)
+            fd_flags = FD_NETNS if fds else 0
+            env_size, stdin_size = struct.unpack(">II", data[len(MAGIC_V1) : header])
+        else:
+            raise ProtocolError(f"not a vnfio CNI request (starts {bytes(data[:16])!r})")
+        if fd_flags & ~(FD_NETNS | FD_MOUNT_NS):
+            raise ProtocolError(f"unknown request flags {fd_flags:#x}")
+        named = bin(fd_flags).count("1")
+        if len(fds) != named:
+            raise ProtocolError(f"{len(fds)} file descriptor(s) sent, the request names {named}")
         if env_size > MAX_ENV or stdin_size > MAX_STDIN:
-            raise ProtocolError(f"request too large (env {env_size} bytes, stdin {stdin_size} bytes)")
-        total = HEADER_SIZE + env_size + stdin_size
-        chunks = [data]
-        have = len(data)
-        while have < total:
-            chunk = conn.recv(min(total - have, 1 << 20))
-            if not chunk:
-                raise ProtocolError(f"connection closed after {have} of {total} request bytes")
-            chunks.append(chunk)
-            have += len(chunk)
-        body = b"".join(chunks)
-        if len(body) != total:
-            raise ProtocolError(f"{len(body) - total} bytes after the request")
-        env = _decode_env(body[HEADER_SIZE : HEADER_SIZE + env_size])
-        return env, body[HEADER_SIZE + env_size :], netns_fd
+            raise ProtocolError(f"request too large (env {env_size} bytes, stdin {stdin_size} bytes; at most "
+                                f"{MAX_ENV} and {MAX_STDIN})")
+        total = header + env_size + stdin_size
+        if len(data) > total:
+            raise ProtocolError(f"{len(data) - total} bytes after the request")
+        _fill(conn, data, total, deadline)
+        env = _decode_env(bytes(data[header : header + env_size]))
+        given = iter(fds)
+        netns_fd = next(given) if fd_flags & FD_NETNS else None
+        mount_ns_fd = next(given) if fd_flags & FD_MOUNT_NS else None
+        return Request(env, bytes(data[header + env_size :]), netns_fd, mount_ns_fd)
     except BaseException:
-        if netns_fd is not None:
-            os.close(netns_fd)
+        for fd in fds:
+            os.close(fd)
         raise
 
 
@@ -125,23 +182,30 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
     return _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
 
 
-def _default_execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> tuple[int, str]:
+def _default_execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None,
+                     mount_ns_fd: int | None = None) -> tuple[int, str]:
     from cni.skel import execute
 
-    return execute(env, stdin, netns_fd=netns_fd)
+    return execute(env, stdin, netns_fd=netns_fd, mount_ns_fd=mount_ns_fd)
 
 
 class CniDaemon:
     """The listening socket and the request handlers; `serve()` runs until `stop()` (or SIGTERM via main)."""
 
-    def __init__(self, socket_path: Path, workers: int = 8, execute: Execute = _default_execute) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+    def __init__(self, socket_path: Path, workers: int = 8, execute: Execute = _default_execute,
+                 max_connections: int = MAX_CONNECTIONS, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        if workers < 1 or max_connections < 1:
+            raise ValueError(f"workers and max_connections must be at least 1, got {workers} and {max_connections}")
         self.socket_path = socket_path
         self.workers = workers
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
         self._execute = execute
         self._slots = threading.BoundedSemaphore(workers)
         self._listener: socket.socket | None = None
+        self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file we bound
+        self._turned_away = 0  # connections closed at once because max_connections were open
+        self._turned_away_logged = 0.0
         self._wake_w: int | None = None  # per serving process, see serve()
         self._handlers: set[threading.Thread] = set()
         self._handlers_lock = threading.Lock()
@@ -164,15 +228,28 @@ class CniDaemon:
         finally:
             os.umask(old_umask)
         os.chmod(self.socket_path, 0o600)
+        st = os.lstat(self.socket_path)
+        self._socket_id = (st.st_dev, st.st_ino)
         listener.listen(128)
         self._listener = listener
         log.info("listening on %s (%d workers)", self.socket_path, self.workers)
 
     def close(self) -> None:
-        """Close the listener and remove the socket, for a parent whose forked processes did the serving."""
+        """Close the listener and remove the socket, for a parent whose forked processes did the serving. Idempotent;
+        safe from a signal handler."""
         if self._listener is not None:
             self._listener.close()
-        self.socket_path.unlink(missing_ok=True)
+        self._unlink_own_socket()
+
+    def _unlink_own_socket(self) -> None:
+        """Remove the socket file if it is still the one we bound: after SIGTERM a replacement daemon may already
+        have bound its own at the same path, which is not ours to remove."""
+        try:
+            st = os.lstat(self.socket_path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == self._socket_id:
+            self.socket_path.unlink(missing_ok=True)
 
     def _remove_stale_socket(self) -> None:
         try:
@@ -232,17 +309,39 @@ class CniDaemon:
                     continue
                 handler = threading.Thread(target=self._handle, args=(conn,), name="vnfio-cni-request", daemon=True)
                 with self._handlers_lock:
-                    self._handlers.add(handler)
-                handler.start()
+                    full = len(self._handlers) >= self.max_connections
+                    if not full:
+                        self._handlers.add(handler)
+                if full:
+                    conn.close()  # the client sees the connection end before ACCEPTED and does the work itself
+                    self._turn_away()
+                    continue
+                try:
+                    handler.start()
+                except RuntimeError as exc:  # no thread to be had (a pids limit): as if we were full
+                    with self._handlers_lock:
+                        self._handlers.discard(handler)
+                    conn.close()
+                    log.warning("closed a connection: cannot start a thread for it: %s", exc)
         finally:
+            # Stop accepting first: with the listener closed (in every serving process) and its file removed, new
+            # clients fall back at once and a replacement daemon can bind while we finish what is running.
             self._listener.close()
             if owns_socket:
-                self.socket_path.unlink(missing_ok=True)
+                self._unlink_own_socket()
             self._drain()
             wake_w, self._wake_w = self._wake_w, None
             os.close(wake_r)
             os.close(wake_w)
             log.info("stopped")
+
+    def _turn_away(self) -> None:
+        self._turned_away += 1
+        now = time.monotonic()
+        if now - self._turned_away_logged >= 1.0:  # at most once a second, however hard we are hit
+            self._turned_away_logged = now
+            log.warning("%d connection(s) closed at once so far: %d already open (the limit)", self._turned_away,
+                        self.max_connections)
 
     def _drain(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_GRACE
@@ -269,35 +368,42 @@ class CniDaemon:
             log.warning("refused a request from pid %d uid %d: only root may use %s", pid, uid, self.socket_path)
             conn.sendall(encode_refusal(f"only root (uid 0) may use {self.socket_path}; peer pid {pid} is uid {uid}"))
             return
-        conn.settimeout(HANDSHAKE_TIMEOUT)
+        deadline = time.monotonic() + self.handshake_timeout
         try:
-            request = read_request(conn)
+            request = read_request(conn, deadline)
         except (OSError, ProtocolError) as exc:
             log.warning("bad request from pid %d: %s", pid, exc)
             return
         if request is None:
             log.debug("pid %d connected and left without a request", pid)
             return
-        env, stdin, netns_fd = request
-        command = env.get("CNI_COMMAND", "")
-        target = f"{env.get('CNI_CONTAINERID', '')}/{env.get('CNI_IFNAME', '')}"
+        command = request.env.get("CNI_COMMAND", "")
+        target = f"{request.env.get('CNI_CONTAINERID', '')}/{request.env.get('CNI_IFNAME', '')}"
         try:
-            conn.sendall(ACCEPTED)
-            try:
-                go = conn.recv(1)
-            except OSError:
-                go = b""
-            if go != GO:
-                # The client gave up (its deadline passed) and is doing the work itself: we must not.
-                log.info("CNI %s %s: client pid %d withdrew the request; not running it", command, target, pid)
+            if not self._wait_for_worker(conn, deadline):
+                log.info("CNI %s %s: no worker free before client pid %d left (or the handshake deadline); not "
+                         "accepted, the client runs it itself", command, target, pid)
                 return
-            conn.settimeout(None)
-            started = time.perf_counter()
-            with self._slots, deferred.collecting() as after_reply:
-                code, out = self._execute(env, stdin, netns_fd=netns_fd)
+            try:
+                conn.sendall(ACCEPTED)
+                try:
+                    conn.settimeout(max(deadline - time.monotonic(), 0.001))
+                    go = conn.recv(1)
+                except OSError:
+                    go = b""
+                if go != GO:
+                    # The client gave up (its deadline passed) and is doing the work itself: we must not.
+                    log.info("CNI %s %s: client pid %d withdrew the request; not running it", command, target, pid)
+                    return
+                conn.settimeout(None)
+                started = time.perf_counter()
+                with deferred.collecting() as after_reply:
+                    code, out = self._execute(request.env, request.stdin, netns_fd=request.netns_fd,
+                                              mount_ns_fd=request.mount_ns_fd)
+            finally:
+                self._slots.release()
         finally:
-            if netns_fd is not None:
-                os.close(netns_fd)
+            request.close()
         log.debug("CNI %s %s: code %d in %.1f ms", command, target, code, (time.perf_counter() - started) * 1e3)
         try:
             conn.sendall(encode_reply(code, out.encode()))
@@ -306,6 +412,20 @@ class CniDaemon:
         finally:
             # What the answer need not wait for (the gratuitous ARP of an ADD): its own fds, so after the close.
             deferred.run(after_reply)
+
+    def _wait_for_worker(self, conn: socket.socket, deadline: float) -> bool:
+        """Take a worker slot for this connection; False if the client hangs up first (its timeout passed: it runs the
+        request itself), the handshake deadline passes, or we are stopping. Only then is ACCEPTED sent, so a busy
+        daemon never holds a client past the client's own timeout."""
+        import select
+
+        poller = select.poll()
+        poller.register(conn, select.POLLIN)  # a client says nothing before ACCEPTED: readable means it left
+        while True:
+            if self._slots.acquire(timeout=max(0.0, min(_WORKER_POLL, deadline - time.monotonic()))):
+                return True
+            if self._stopping.is_set() or time.monotonic() >= deadline or poller.poll(0):
+                return False
 
 
 class Supervisor:
@@ -353,7 +473,10 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
     def stop(self) -> None:
+        """Stop accepting at once (our copy of the listener closed, the socket file removed: a replacement daemon
+        can bind now), then tell the serving processes, which close theirs and finish what they run."""
         self._stopping = True
+        self.daemon.close()
         for pid in list(self._children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -409,6 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serving processes, each with --workers threads (default: CPUs, at most 4: %(default)s)",
     )
     parser.add_argument(
+        "--max-connections", type=int, default=MAX_CONNECTIONS,
+        help="connections a serving process holds at once; more are closed at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT,
+        help="seconds a client has, in all, to send its request and its GO (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)"
     )
     return parser
@@ -416,8 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.workers < 1 or args.processes < 1:
-        build_parser().error("--workers and --processes must be at least 1")
+    if args.workers < 1 or args.processes < 1 or args.max_connections < 1:
+        build_parser().error("--workers, --processes and --max-connections must be at least 1")
+    if not args.handshake_timeout > 0:
+        build_parser().error("--handshake-timeout must be positive")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     # pyroute2 and asyncio log every netlink message at DEBUG: far too much even for debugging a CNI call.
     for noisy in ("pyroute2", "asyncio"):
@@ -426,7 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warmed = warm_up()
     elapsed_ms = (time.perf_counter() - started) * 1e3
     log.info("warm: pyroute2 and %d CNI modules imported in %.0f ms", len(warmed), elapsed_ms)
-    daemon = CniDaemon(args.socket, workers=args.workers)
+    daemon = CniDaemon(args.socket, workers=args.workers, max_connections=args.max_connections,
+                       handshake_timeout=args.handshake_timeout)
     try:
         daemon.bind()
     except (OSError, RuntimeError) as exc:

@@ -72,6 +72,34 @@ def link_state_by_name(ipr: Netlink, name: str) -> Link | None:
     return link
 
 
+def veth_host_end(host: Netlink, pod_link: Link, pod_netns_fd: int) -> Link | None:
+    """The host end of the pod's veth `pod_link` (in the netns `pod_netns_fd`), or None if its peer is not in the host.
+
+    What the pod reports cannot be trusted: anything in the pod with CAP_NET_ADMIN can make a local veth pair, with
+    the indexes it likes, whose IFLA_LINK (an index, valid in every netns) names some other pod's host veth. So the
+    link the pod names is only a candidate, accepted if the host's own view agrees: a veth whose peer, by the host's
+    IFLA_LINK and IFLA_LINK_NETNSID, is `pod_link` in the pod's netns. Veth ends pair one to one, so that host link
+    is this pod link's peer and nobody else's."""
+    from cni.rtnl import RtnlError
+
+    if pod_link.kind != "veth" or not pod_link.peer or pod_link.link_netnsid is None:
+        return None  # no peer, or a peer in the pod's own netns
+    try:
+        candidate = host.rtnl.get_link(index=pod_link.peer)
+    except RtnlError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+    if candidate.kind != "veth" or candidate.peer != pod_link.index or candidate.link_netnsid is None:
+        return None
+    # Asked after the candidate: the kernel gives the pod netns an id in the host when a link first reports it.
+    if candidate.link_netnsid != host.rtnl.netns_id(pod_netns_fd):
+        log.warning("link %d (%s) in the pod claims host veth %s as its peer, whose peer is in another netns; not "
+                    "touching it", pod_link.index, pod_link.name, candidate.name)
+        return None
+    return candidate
+
+
 def set_up(ipr: Netlink, index: int) -> None:
     ipr.rtnl.set_link(index=index, up=True)
 

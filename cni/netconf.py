@@ -19,8 +19,9 @@ from cni.request import MAX_NETWORK_NAME, CniRequest
 from cni.result import DNS, Result, parse_dns, parse_result
 from cni.versions import SUPPORTED
 
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+# Used with fullmatch: a pattern ending in `$` also matches before a trailing newline.
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
+_MAC = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def int_key(raw: Mapping[str, Any], key: str, low: int, high: int, default: int 
 
 
 def _mac(value: Any, source: str) -> str:
-    if not isinstance(value, str) or not _MAC.match(value):
+    if not isinstance(value, str) or not _MAC.fullmatch(value):
         raise CniError(INVALID_CONFIG, f"{source}: invalid MAC address {value!r}")
     return value.lower()
 
@@ -95,7 +96,7 @@ def parse_netconf(raw: Any, req: CniRequest) -> NetConf:
         raise CniError(INVALID_CONFIG, f"network config: expected a JSON object, got {type(raw).__name__}")
     version = check_version(raw)
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise CniError(INVALID_CONFIG, f"name: {name!r} must start with an alphanumeric character, then [A-Za-z0-9_.-]")
     if len(name) > MAX_NETWORK_NAME:
         raise CniError(INVALID_CONFIG, f"name: longer than {MAX_NETWORK_NAME} characters: {name[:40]!r}...")

@@ -49,9 +49,16 @@ def _setns(fd: int) -> None:
 
 
 def open_netns(path: str) -> int:
-    """An O_RDONLY fd on the netns at `path`; `NetnsGone` if it does not exist, code 8 if it is not a netns."""
+    """An O_RDONLY fd on the netns at `path`; `NetnsGone` if it does not exist, code 8 if it is not a netns.
+
+    Only a regular file is opened (nsfs files are; devices, FIFOs and sockets are not), and without blocking, so no
+    open has a side effect or waits: a FIFO would block the open until a writer came (issue 17, finding 11)."""
+    import stat
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise CniError(INVALID_NETNS, f"{path!r} is not a network namespace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError as exc:
         raise NetnsGone(path) from exc
     except OSError as exc:

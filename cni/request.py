@@ -23,7 +23,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "VERSION": (),
 }
 
-_CONTAINER_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_CONTAINER_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")  # fullmatch: `$` lets "id\n" through
 # NAME_MAX is 255 and host-local's index file is "<containerID>:<ifname>" (ifname <= 15 bytes), so both IDs and
 # network names stop at 200: refused here, before any link exists, rather than by the IPAM store after wiring.
 MAX_CONTAINER_ID = 200
@@ -88,7 +88,7 @@ def parse_env(env: Mapping[str, str]) -> CniRequest:
     if missing:
         raise CniError(INVALID_ENV, f"required environment variables missing: {', '.join(missing)}")
     container_id = env.get("CNI_CONTAINERID", "")
-    if container_id and not _CONTAINER_ID.match(container_id):
+    if container_id and not _CONTAINER_ID.fullmatch(container_id):
         raise CniError(
             INVALID_ENV,
             f"CNI_CONTAINERID: {container_id!r} must start with an alphanumeric character, "

@@ -20,11 +20,15 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 RTM_GETNETCONF = 82
+RTM_GETNSID = 90
+NETNSA_NSID, NETNSA_FD = 1, 3
+NETNSA_NSID_NOT_ASSIGNED = -1
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x300, 0x200, 0x400
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 # attributes
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_NET_NS_FD = 16, 18, 26, 28
+IFLA_LINK_NETNSID = 37
 IFLA_INET_CONF = 1  # inside IFLA_AF_SPEC / AF_INET: the device's IPv4 sysctls, by IPV4_DEVCONF_* number
 IPV4_DEVCONF_ARP_NOTIFY = 22
 IFLA_INET6_ADDR_GEN_MODE = 8  # inside IFLA_AF_SPEC / AF_INET6: how the device makes its link-local address
@@ -71,6 +75,9 @@ class Link:
     flags: int
     link: int  # IFLA_LINK: a veth's peer or a macvlan's master (an index in the peer's netns)
     info_data: dict[int, bytes]  # IFLA_INFO_DATA, by attribute type (e.g. IFLA_MACVLAN_MODE)
+    # IFLA_LINK_NETNSID: the id, in the asking netns, of the netns `link` is an index in; None when that is the
+    # asking netns itself. Only with it does `link` say *which* link: an index alone is valid in every netns.
+    link_netnsid: int | None = None
 
     @property
     def up(self) -> bool:
@@ -275,6 +282,15 @@ class Rtnl:
         raw = attrs.get(NETCONFA_FORWARDING, b"")
         return len(raw) >= 4 and struct.unpack("=i", raw[:4])[0] != 0
 
+    def netns_id(self, netns_fd: int) -> int | None:
+        """The id this netns knows the netns `netns_fd` by (RTM_GETNSID), None if it has none: the ids that
+        IFLA_LINK_NETNSID answers carry, so a peer's netns can be compared with a netns we hold a fd on."""
+        body = struct.pack("=Bxxx", socket.AF_UNSPEC) + attr(NETNSA_FD, _u32(netns_fd))
+        attrs = _attrs(self.request(RTM_GETNSID, 0, body)[0][1], 4)
+        raw = attrs.get(NETNSA_NSID, b"")
+        nsid = struct.unpack("=i", raw[:4])[0] if len(raw) >= 4 else NETNSA_NSID_NOT_ASSIGNED
+        return None if nsid == NETNSA_NSID_NOT_ASSIGNED else nsid
+
     def del_link(self, name: str) -> None:
         self.request(RTM_DELLINK, NLM_F_ACK, _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, _str(name)))
 
@@ -365,6 +381,7 @@ def _link(payload: bytes) -> Link:
         flags=flags,
         link=u32(IFLA_LINK),
         info_data=_attrs(info.get(IFLA_INFO_DATA, b"")),
+        link_netnsid=struct.unpack("=i", attrs[IFLA_LINK_NETNSID][:4])[0] if IFLA_LINK_NETNSID in attrs else None,
     )
 
 

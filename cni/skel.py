@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> tuple[int, str]:
+def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None,
+            mount_ns_fd: int | None = None) -> tuple[int, str]:
     """Run one CNI command completely. `netns_fd`, if given, is an open fd on the pod netns used instead of opening
-    CNI_NETNS (which is still reported as the sandbox); it stays owned by the caller."""
+    CNI_NETNS (which is still reported as the sandbox); `mount_ns_fd`, if given, the caller's mount namespace, in
+    which delegated IPAM plugins run (the node daemon's own is not the runtime's). Both stay owned by the caller."""
     version = CURRENT
     try:
         from cni.request import parse_env
@@ -46,7 +48,7 @@ def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -
 
         if isinstance(raw, Mapping):
             version = check_version(raw)
-        return _run(req, raw, netns_fd)
+        return _run(req, raw, netns_fd, mount_ns_fd)
     except CniError as exc:
         log.info("CNI %s failed: code %d: %s", env.get("CNI_COMMAND", ""), exc.code, exc.msg)
         return 1, exc.to_json(_error_version(stdin, version))
@@ -87,7 +89,7 @@ def _decode(stdin: bytes) -> Any:
         raise CniError(DECODE_FAILURE, f"failed to decode the network config on stdin: {exc}") from exc
 
 
-def _run(req: CniRequest, raw: Any, netns_fd: int | None) -> tuple[int, str]:
+def _run(req: CniRequest, raw: Any, netns_fd: int | None, mount_ns_fd: int | None) -> tuple[int, str]:
     from cni.netconf import parse_netconf
     from cni.result import version_tuple
 
@@ -98,10 +100,10 @@ def _run(req: CniRequest, raw: Any, netns_fd: int | None) -> tuple[int, str]:
     if req.command in ("GC", "STATUS") and vt < (1, 1, 0):
         raise CniError(INCOMPATIBLE_VERSION, f"config version {conf.cni_version} does not allow {req.command}")
     if req.command == "GC":
-        _gc(req, conf)
+        _gc(req, conf, mount_ns_fd)
         return 0, ""
     if req.command == "STATUS":
-        _status(req, conf)
+        _status(req, conf, mount_ns_fd)
         return 0, ""
     from cni.modes import load_mode
     from cni.modes.call import Call, chain
@@ -125,7 +127,7 @@ def _run(req: CniRequest, raw: Any, netns_fd: int | None) -> tuple[int, str]:
                 raise
             log.info("DEL %s/%s: %s; releasing IPAM only", req.container_id, req.ifname, exc.msg)
     try:
-        call = Call(req=req, conf=conf, netns_fd=fd)
+        call = Call(req=req, conf=conf, netns_fd=fd, mount_ns_fd=mount_ns_fd)
         if req.command == "ADD":
             result = chain(conf.prev_result, mode.add(call))
             return 0, json.dumps(result.to_dict(conf.cni_version)) + "\n"
@@ -153,7 +155,7 @@ def _valid_attachments(conf: NetConf) -> list[tuple[str, str]]:
     return valid
 
 
-def _gc(req: CniRequest, conf: NetConf) -> None:
+def _gc(req: CniRequest, conf: NetConf, mount_ns_fd: int | None) -> None:
     """GC: links die with their netns; IPAM reservations and nftables rules (ipMasq, macspoofchk) can outlive it."""
     from cni import ipmasq, macspoofchk
     from cni.modes.call import Call
@@ -162,7 +164,7 @@ def _gc(req: CniRequest, conf: NetConf) -> None:
     valid = _valid_attachments(conf)
     errors = []
     # Continue past errors and report them all, as the spec asks of GC.
-    for step in (lambda: ipam_gc(Call(req=req, conf=conf, netns_fd=None), valid),
+    for step in (lambda: ipam_gc(Call(req=req, conf=conf, netns_fd=None, mount_ns_fd=mount_ns_fd), valid),
                  lambda: ipmasq.gc(conf.name, valid), lambda: macspoofchk.gc(conf.name, valid)):
         try:
             step()
@@ -174,13 +176,13 @@ def _gc(req: CniRequest, conf: NetConf) -> None:
         raise CniError(errors[0].code, "; ".join(e.msg for e in errors))
 
 
-def _status(req: CniRequest, conf: NetConf) -> None:
+def _status(req: CniRequest, conf: NetConf, mount_ns_fd: int | None) -> None:
     """STATUS: can ADD be served? The mode says, if it has anything to check (it asks IPAM too), else IPAM."""
     from cni.modes import load_mode
     from cni.modes.call import Call
     from cni.modes.ipam_calls import ipam_status
 
-    call = Call(req=req, conf=conf, netns_fd=None)
+    call = Call(req=req, conf=conf, netns_fd=None, mount_ns_fd=mount_ns_fd)
     status = load_mode(conf.mode).status
     if status is not None:
         status(call)

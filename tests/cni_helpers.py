@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -298,7 +298,11 @@ class CniDaemonProcess:
     """
 
     def __init__(self, socket_path: Path | None = None, *, log_path: Path | None = None, processes: int = 2,
-                 workers: int = 8, umask: int = 0o022, log_level: str | None = None) -> None:
+                 workers: int = 8, umask: int = 0o022, log_level: str | None = None,
+                 extra_args: Sequence[str] = (), wrapper: Sequence[str] = ()) -> None:
+        """`extra_args` go after the daemon's own; `wrapper` before it (e.g. `unshare --mount ...`, which must exec
+        the daemon so the process is the daemon)."""
+        self.extra_args, self.wrapper = tuple(extra_args), tuple(wrapper)
         self.dir = Path(tempfile.mkdtemp(prefix="vnfio-h-"))
         self.socket = socket_path or self.dir / "run" / "cni.sock"
         self.log_path = log_path or self.dir / "daemon.log"
@@ -323,6 +327,7 @@ class CniDaemonProcess:
                 "--processes", str(self.processes)]
         if self.log_level:
             argv += ["--log-level", self.log_level]
+        argv = [*self.wrapper, *argv, *self.extra_args]
         with open(self.log_path, "ab") as log:  # appended: a restarted daemon's log follows its predecessor's
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                                          start_new_session=True, umask=self.umask)
@@ -540,3 +545,50 @@ def held_locks(data_dir: Path) -> list[Path]:
         finally:
             os.close(fd)
     return held
+
+
+# --- a delegated IPAM plugin that holds its worker ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatedIpam:
+    """A delegated IPAM plugin (`ipam.type` = `name`, found in `cni_path`) that, on any command, marks that it runs
+    and then waits until the test opens the gate: a worker held for exactly as long as the test wants, no sleeps."""
+
+    cni_path: Path
+    name: str = "gatedipam"
+
+    @property
+    def gate(self) -> Path:
+        return self.cni_path / "gate"
+
+    def running(self) -> int:
+        """How many invocations have started (and, unless the gate is open, still wait)."""
+        return len(list(self.cni_path.glob("started.*")))
+
+    def open(self) -> None:
+        self.gate.touch()
+
+
+def gated_ipam(directory: Path) -> GatedIpam:
+    directory.mkdir(parents=True, exist_ok=True)
+    plugin = GatedIpam(directory)
+    script = directory / plugin.name
+    script.write_text(f"""#!/bin/sh
+touch "{directory}/started.$$"
+while [ ! -e "{plugin.gate}" ]; do sleep 0.02; done
+cat >/dev/null
+exit 0
+""")
+    script.chmod(0o755)
+    return plugin
+
+
+def wait_until(probe: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Whether `probe()` came true within `timeout` seconds (polled): for waiting on a scenario's state."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

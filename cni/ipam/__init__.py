@@ -27,7 +27,8 @@ BUILTIN_TYPES = ("host-local", "static")
 
 @dataclass(frozen=True)
 class IpamRequest:
-    """One IPAM call: the runtime's parameters and the whole network config as the interface plugin got it."""
+    """One IPAM call: the runtime's parameters and the whole network config as the interface plugin got it.
+    `mount_ns_fd`: the runtime's mount namespace, which a delegated plugin must run in (None: it is ours)."""
 
     command: str
     container_id: str
@@ -37,6 +38,7 @@ class IpamRequest:
     cni_path: tuple[str, ...]
     env: Mapping[str, str]
     netconf: Mapping[str, Any]
+    mount_ns_fd: int | None = None
 
 
 def _ipam_type(req: IpamRequest) -> str:

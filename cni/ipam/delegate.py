@@ -4,6 +4,13 @@ The delegate gets the same CNI_* environment with CNI_COMMAND set to the command
 network config as JSON on stdin. Its stdout is the result (or the error JSON, whose code and message are kept).
 If the delegate's ADD succeeded but the interface plugin then fails, the caller must undo it with
 `ipam_del` (the spec's "run DEL on the delegate before returning").
+
+In the node daemon the delegate must see the node's files as the runtime's own exec would (`dhcp` talks to
+/run/cni/dhcp.sock, whereabouts reads its kubeconfig and writes its files on the node), not the daemon container's.
+So with the caller's mount namespace at hand (`IpamRequest.mount_ns_fd`, passed over the socket by `vnfio`), the
+plugin is looked up in CNI_PATH and exec'd in a forked child that has entered that namespace with setns() first
+(single-threaded there, as setns into a mount namespace requires; CAP_SYS_ADMIN and CAP_SYS_CHROOT). The daemon
+itself never mounts the host's root.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cni.errors import INTERNAL, INVALID_CONFIG, TRY_AGAIN, CniError
@@ -23,6 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESULT_VERSION = "1.1.0"
+_CLONE_NEWNS = 0x00020000
+_LOOKUP_FAILED = 127  # exit status of a child that could not enter the mount namespace or find the plugin there
+_LOOKUP_MARK = "vnfio-delegate-lookup: "  # how such a child's stderr starts, then "<code> <message>"
 # A runtime would wait as long as its own context allows; we bound it so a wedged delegate cannot hold a
 # node-daemon worker forever.
 DELEGATE_TIMEOUT = 120.0
@@ -30,16 +40,49 @@ DELEGATE_TIMEOUT = 120.0
 
 def find_plugin(plugin_type: str, cni_path: Sequence[str]) -> str:
     """The first executable named `plugin_type` in `cni_path`, as libcni's invoke.FindInPath."""
-    if not plugin_type or "/" in plugin_type or plugin_type in (".", ".."):
-        raise CniError(INVALID_CONFIG, f"invalid ipam.type: {plugin_type!r} is not a plugin name")
-    dirs = [d for d in cni_path if d]
-    if not dirs:
-        raise CniError(INVALID_CONFIG, f"no paths provided (CNI_PATH is empty) to find plugin {plugin_type!r}")
+    dirs = _plugin_dirs(plugin_type, cni_path)
     for directory in dirs:
         candidate = os.path.join(directory, plugin_type)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise CniError(INVALID_CONFIG, f'failed to find plugin "{plugin_type}" in path [{" ".join(dirs)}]')
+
+
+def _plugin_dirs(plugin_type: str, cni_path: Sequence[str]) -> list[str]:
+    """`find_plugin`'s checks that need no file system: the plugin name, and a non-empty CNI_PATH."""
+    if not plugin_type or "/" in plugin_type or plugin_type in (".", ".."):
+        raise CniError(INVALID_CONFIG, f"invalid ipam.type: {plugin_type!r} is not a plugin name")
+    dirs = [d for d in cni_path if d]
+    if not dirs:
+        raise CniError(INVALID_CONFIG, f"no paths provided (CNI_PATH is empty) to find plugin {plugin_type!r}")
+    return dirs
+
+
+def _enter_and_find(mount_ns_fd: int, plugin_type: str, dirs: list[str]) -> Callable[[], None]:
+    """The child's step between fork and exec: enter the caller's mount namespace, then make the first CNI_PATH
+    directory holding the plugin (as seen there) the working directory, so exec'ing `./<type>` runs that file.
+    On failure it says why on stderr (already the parent's pipe) and exits: there is no other channel back."""
+    import ctypes
+
+    setns = ctypes.CDLL(None, use_errno=True).setns  # looked up here, in the parent: the child only calls it
+
+    def fail(code: int, message: str) -> None:
+        os.write(2, f"{_LOOKUP_MARK}{code} {message}".encode(errors="replace"))
+        os._exit(_LOOKUP_FAILED)
+
+    def child() -> None:
+        if setns(mount_ns_fd, _CLONE_NEWNS) != 0:
+            fail(INTERNAL, f"cannot enter the caller's mount namespace to run IPAM plugin {plugin_type!r}: "
+                           f"{os.strerror(ctypes.get_errno())}")
+        for directory in dirs:
+            candidate = os.path.join(directory, plugin_type)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                os.chdir(directory)
+                return
+        fail(INVALID_CONFIG, f'failed to find plugin "{plugin_type}" in path [{" ".join(dirs)}] (in the '
+                             "caller's mount namespace)")
+
+    return child
 
 
 def _environment(req: IpamRequest, command: str) -> dict[str, str]:
@@ -55,15 +98,26 @@ def _environment(req: IpamRequest, command: str) -> dict[str, str]:
 
 def run(req: IpamRequest, command: str, netconf: Mapping[str, Any]) -> Any:
     """Exec the delegate for `command`; its parsed stdout on success (None when empty), CniError otherwise."""
-    plugin = find_plugin(str(netconf["ipam"].get("type", "")), req.cni_path)
+    plugin_type = str(netconf["ipam"].get("type", ""))
+    if req.mount_ns_fd is None:
+        plugin = find_plugin(plugin_type, req.cni_path)
+        how: dict[str, Any] = {"args": [plugin]}
+    else:
+        # Found and exec'd in the caller's mount namespace; argv[0] is the plugin's name, its directory unknown here.
+        plugin = plugin_type
+        how = {"args": [plugin_type], "executable": f"./{plugin_type}",
+               "preexec_fn": _enter_and_find(req.mount_ns_fd, plugin_type, _plugin_dirs(plugin_type, req.cni_path))}
     try:
-        proc = subprocess.run([plugin], input=json.dumps(netconf).encode(), env=_environment(req, command),
+        proc = subprocess.run(**how, input=json.dumps(netconf).encode(), env=_environment(req, command),
                               capture_output=True, timeout=DELEGATE_TIMEOUT, check=False, close_fds=True)
     except subprocess.TimeoutExpired:
         msg = f"IPAM plugin {plugin} did not answer {command} within {DELEGATE_TIMEOUT:g}s"
         raise CniError(TRY_AGAIN, msg) from None
     except OSError as exc:
         raise CniError(INTERNAL, f"failed to run IPAM plugin {plugin}: {exc.strerror}") from None
+    if proc.returncode == _LOOKUP_FAILED and proc.stderr.startswith(_LOOKUP_MARK.encode()):
+        code, _, message = proc.stderr[len(_LOOKUP_MARK):].decode(errors="replace").partition(" ")
+        raise CniError(int(code), message)
     if proc.stderr:
         log.info("IPAM plugin %s %s stderr: %s", plugin, command, proc.stderr.decode(errors="replace").strip())
     stdout = proc.stdout.decode(errors="replace").strip()

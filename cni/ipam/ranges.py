@@ -113,10 +113,20 @@ def parse_ip(value: object, key: str) -> IPAddress:
     if not isinstance(value, str):
         raise CniError(INVALID_CONFIG, f"invalid {key}: {value!r} is not a string")
     text = value.strip()
+    refuse_zone(text, key)
     try:
         return ipaddress.ip_interface(text).ip if "/" in text else ipaddress.ip_address(text)
     except ValueError:
         raise CniError(INVALID_CONFIG, f"invalid {key}: {value!r} is not an IP address") from None
+
+
+def refuse_zone(text: str, key: str) -> None:
+    """Code 7 for an IPv6 zone (`fd00::10%eth0`): Python keeps it in the address, so it would name another
+    reservation file, while the kernel ignores it and gives a second pod the same address (issue 17, finding 2).
+    A pod address has no zone; a link-local one with a zone is no pod address either."""
+    if "%" in text:
+        raise CniError(INVALID_CONFIG, f"invalid {key}: {text!r} has an IPv6 zone ('%...'), which a pod address "
+                                       "cannot have")
 
 
 def _last_host(subnet: IPNetwork) -> int:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cni.errors import INVALID_CONFIG, CniError
 from cni.ipam.hostlocal import RESULT_VERSION, parse_routes
-from cni.ipam.ranges import parse_ip
+from cni.ipam.ranges import parse_ip, refuse_zone
 
 if TYPE_CHECKING:
     from cni.ipam import IpamRequest
@@ -30,6 +30,8 @@ class StaticAddress:
 
 
 def _cidr(value: object, where: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    if isinstance(value, str):
+        refuse_zone(value.strip(), where)
     try:
         if isinstance(value, str) and "/" in value:
             return ipaddress.ip_interface(value.strip())

@@ -20,6 +20,15 @@ touched. Readers never trust the index alone: an entry counts only if the addres
 so entries for addresses that were never created, or that another key owns, are ignored. An empty address
 file is a reservation that died before its owner was written (also the reference's bug #498): it is free.
 Process death is covered; power loss may leave empty files, which are then free as well.
+
+Where the store syncs to disk: nowhere on the ADD/DEL path, on purpose. An fsync per ADD costs milliseconds on
+ext4 and would serialise every pod start of the network behind the disk; process death needs none (the page
+cache survives it, and the write order above covers it). What power loss or a full disk can do is leave a key's
+index empty or cut short while its address files exist. Readers therefore check the index's shape (every line an
+address, newline-terminated) and, when it is damaged, find the key's reservations by reading every address file
+(O(N), only then): DEL still releases by container and interface, and ADD still sees what the key holds. The
+only thing power loss can lose outright is an address file or its owner, which makes that address free, as the
+reference plugin's layout already does.
 With a spare (`cni.ipam.spares`), "create" is link(2) of an empty file, which fails on an existing name as O_EXCL
 does; a death right after it leaves the spare's name on that empty (free) file too, which GC removes.
 """
@@ -297,8 +306,21 @@ class Transaction:
             log.info("indexed %d existing reservations in %s", sum(map(len, by_key.values())), self.path)
 
     def _index(self, key: ReservationKey) -> list[str]:
-        content = self._read(key.index_name)
-        return [] if content is None else [line for line in content.split("\n") if line]
+        """The addresses `key`'s index lists ([] when it has none). A damaged index (empty, a line cut short, not
+        text, unreadable) is not believed: then the key's addresses are found by reading every address file."""
+        try:
+            content = self._read(key.index_name)
+        except OSError as exc:  # EIO, or something that is no file where the index should be
+            log.warning("index %s/%s unreadable: %s", self.path, key.index_name, exc.strerror or exc)
+            content = ""
+        if content is None:
+            return []
+        lines = content.split("\n")
+        if len(lines) > 1 and lines[-1] == "" and all(_parse_address(line) for line in lines[:-1]):
+            return lines[:-1]
+        log.warning("index %s/%s is damaged (%d characters); finding %s/%s's reservations by their files", self.path,
+                    key.index_name, len(content), key.container_id, key.ifname)
+        return [ip for ip, owner in self._reservations() if owner == key.owner]
 
     def owned(self, key: ReservationKey) -> list[str]:
         """The addresses `key` holds, from its index, each confirmed by the address file's owner."""

@@ -26,6 +26,7 @@ from cni.links import (
     link_state,
     link_state_by_name,
     setup_veth,
+    veth_host_end,
     wait_addresses_settled,
     wait_oper_up,
     without_ipv6_link_local,
@@ -204,8 +205,9 @@ def cmd_check(call: Call) -> None:
     opts = _options(call)
     assert call.netns_fd is not None
     with netlink_in(call.netns_fd) as pod:
-        peer = check_container_iface(call, pod, prev, index, "veth").peer
+        pod_state = check_container_iface(call, pod, prev, index, "veth")
     with host_netlink() as host:
+        peer = veth_host_end(host, pod_state, call.netns_fd)  # verified from the host: the pod's word is not enough
         state = link_state_by_name(host, opts.bridge)
         if state is None:
             raise CniError(INTERNAL, f"CHECK: bridge {opts.bridge!r} not found")
@@ -215,7 +217,7 @@ def cmd_check(call: Call) -> None:
         if state.promisc != opts.promisc_mode:
             raise CniError(INTERNAL, f"CHECK: bridge {opts.bridge!r} promiscuous mode is {state.promisc}, config "
                            f"says {opts.promisc_mode}")
-        if not peer or link_state(host, peer).master != bridge:
+        if peer is None or peer.master != bridge:
             raise CniError(INTERNAL, f"CHECK: the host end of {call.req.ifname!r} is not a port of {opts.bridge!r}")
         if opts.is_gateway:
             have = addresses(host, bridge)

@@ -15,11 +15,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Call:
-    """One command for one attachment. `netns_fd` is an open fd on `req.netns` (None when DEL finds no netns)."""
+    """One command for one attachment. `netns_fd` is an open fd on `req.netns` (None when DEL finds no netns);
+    `mount_ns_fd` the caller's mount namespace for delegated IPAM (None: ours is the caller's)."""
 
     req: CniRequest
     conf: NetConf
     netns_fd: int | None
+    mount_ns_fd: int | None = None
 
 
 def container_result(call: Call, ipam: Result, interfaces: list[Interface]) -> Result:

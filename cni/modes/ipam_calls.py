@@ -27,6 +27,7 @@ def _ipam_request(call: Call) -> IpamRequest:
         cni_path=req.path,
         env=req.env,
         netconf=call.conf.raw,
+        mount_ns_fd=call.mount_ns_fd,
     )
 
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from cni.netns import Netlink
 
 log = logging.getLogger(__name__)
-_TEMPORARY_NAME = re.compile(r"^mv[0-9a-f]{8}$")  # what `create_macvlan` names a macvlan before the rename
+_TEMPORARY_NAME = re.compile(r"mv[0-9a-f]{8}")  # what `create_macvlan` names a macvlan before the rename
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 
 
@@ -137,7 +137,7 @@ def _del_orphaned_temporaries(pod: Netlink) -> None:
     CNI_IFNAME cannot find. No ADD is running in this pod now (the spec forbids parallel operations on one
     container), so a macvlan with such a name is debris."""
     for link in all_links(pod):
-        if _TEMPORARY_NAME.match(link.name) and link.kind == "macvlan":
+        if _TEMPORARY_NAME.fullmatch(link.name) and link.kind == "macvlan":
             log.info("removing macvlan %s left by an interrupted ADD", link.name)
             try:
                 del_link_by_name(pod, link.name)

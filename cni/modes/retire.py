@@ -31,7 +31,7 @@ def remove_pod_link(call: Call, pod: Netlink, host_end_down: bool = False) -> No
     A retired link that a killed daemon never deleted goes with the netns, or with the next DEL in it (after every
     DEL, any other `vnfiorm*` link of the namespace is deleted)."""
     from cni import deferred
-    from cni.links import del_link_by_name, link_state_by_name
+    from cni.links import del_link_by_name, link_state_by_name, veth_host_end
     from cni.netns import host_netlink
     from cni.rtnl import RtnlError
 
@@ -41,10 +41,11 @@ def remove_pod_link(call: Call, pod: Netlink, host_end_down: bool = False) -> No
     if link is not None:
         try:
             if link.kind == "veth":
-                if host_end_down and link.peer:
+                if host_end_down and call.netns_fd is not None:
                     with host_netlink() as host:
-                        peer = host.rtnl.get_link(index=link.peer)
-                        if peer.kind == "veth" and peer.peer == link.index:
+                        # Never by the index the pod reports alone: the pod controls it (issue 17, finding 1).
+                        peer = veth_host_end(host, link, call.netns_fd)
+                        if peer is not None:
                             host.rtnl.set_link(index=peer.index, up=False)
                 pod.rtnl.set_link(index=link.index, up=False, ifname=f"{RETIRED_PREFIX}{link.index:x}")
             else:  # a macvlan: stays up, without the addresses it could answer for

@@ -25,6 +25,7 @@ from cni.links import (
     route_exists,
     set_up,
     setup_veth,
+    veth_host_end,
     without_ipv6_link_local,
 )
 from cni.modes import Mode
@@ -134,15 +135,16 @@ def cmd_check(call: Call) -> None:
     ipam_check(call)
     assert call.netns_fd is not None
     with netlink_in(call.netns_fd) as pod:
-        peer = check_container_iface(call, pod, prev, index, "veth").peer
+        pod_state = check_container_iface(call, pod, prev, index, "veth")
     with host_netlink() as host:
+        peer = veth_host_end(host, pod_state, call.netns_fd)  # verified from the host: the pod's word is not enough
         # ptp order: the host veth sits just before the container interface.
         hosts = [prev.interfaces[index - 1]] if index > 0 and not prev.interfaces[index - 1].sandbox else []
         for iface in hosts:
             host_link = link_index(host, iface.name)
             if host_link is None:
                 raise CniError(INTERNAL, f"CHECK: host veth {iface.name!r} not found")
-            if peer and host_link != peer:
+            if peer is None or host_link != peer.index:
                 raise CniError(INTERNAL, f"CHECK: host veth {iface.name!r} is not the peer of {call.req.ifname!r}")
             _check_host_side(host, host_link, iface.name, [ip for ip in prev.ips if ip.interface == index])
 

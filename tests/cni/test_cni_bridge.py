@@ -401,3 +401,36 @@ def test_a_bridge_pinned_before_it_had_ports_gets_its_bridge_id_on_the_next_add(
     assert added.code == 0, added.out
     assert Path(f"/sys/class/net/{bridge}/address").read_text().strip() == mac
     assert _bridge_id(bridge) == "8000." + mac.replace(":", "")
+
+
+@pytest.mark.hardening
+def test_check_does_not_take_the_pods_word_for_its_host_end(world: Scenario) -> None:
+    """Issue 17, finding 1 (CHECK): the attacker replaces its eth0 with a local veth pair that keeps prevResult's
+    MAC and address but whose peer index is another pod's bridge port. CHECK must see that no host end of the
+    bridge pairs with this link (the pod's IFLA_LINK is only an index), and fail."""
+    conf = world.mode_conf("bridge", str(random_subnet()))
+    victim, attacker = world.netns(), world.netns()
+    added = run_vnfio(cni_env("ADD", "victim", victim.path), conf)
+    mine = run_vnfio(cni_env("ADD", "attacker", attacker.path), conf)
+    assert added.code == 0 and mine.code == 0, (added.out, mine.out)
+    prev = mine.json
+    check_conf = {**conf, "prevResult": prev}
+    assert run_vnfio(cni_env("CHECK", "attacker", attacker.path), check_conf).code == 0
+    victim_port = _link(added.json["interfaces"][1]["name"])["ifindex"]
+    pod_index = attacker.links()["eth0"]["ifindex"]
+    if victim_port in (pod_index, 1):
+        pytest.skip(f"index {victim_port} cannot be forged beside eth0 {pod_index}")
+
+    attacker.ip("link", "del", "eth0")
+    attacker.ip("link", "add", "eth0", "index", str(pod_index), "address", prev["interfaces"][2]["mac"], "type",
+                "veth", "peer", "name", "fake", "index", str(victim_port))
+    attacker.ip("addr", "add", prev["ips"][0]["address"], "dev", "eth0")
+    attacker.ip("link", "set", "eth0", "up")
+    attacker.ip("link", "set", "fake", "up")
+
+    checked = run_vnfio(cni_env("CHECK", "attacker", attacker.path), check_conf)
+    assert checked.code != 0, "CHECK believed the pod about its host end"
+    assert "is not a port of" in checked.json["msg"]
+    for name, ns in (("attacker", attacker), ("victim", victim)):
+        assert run_vnfio(cni_env("DEL", name, ns.path), conf).code == 0
+    assert_no_debris(world)

@@ -251,7 +251,7 @@ def test_a_daemon_restart_mid_run_loses_nothing(world: Scenario, socket_dir: Pat
         addresses = [result["ips"][0]["address"] for _, _, result in pods]
         assert len(set(addresses)) == 6
         for ns, _, result in pods:
-            assert _attachment(ns) == ("UP", {result["ips"][0]["address"]})
+            assert _attachment(ns)[1] == {result["ips"][0]["address"]}
         for ns, cid, result in pods:
             deleted = vnfio(cni_env("DEL", cid, ns.path), {**conf, "prevResult": result}, sock)
             assert (deleted.code, deleted.out) == (0, "")
@@ -311,7 +311,7 @@ def test_the_daemon_uses_the_passed_fd_and_never_the_netns_path(world: Scenario,
         assert added.code == 0, added.out
         result = added.json
         assert result["interfaces"][1]["sandbox"] == private_path
-        assert _attachment(ns) == ("UP", {result["ips"][0]["address"]})
+        assert _attachment(ns)[1] == {result["ips"][0]["address"]}
         assert run("CHECK", {**conf, "prevResult": result}).code == 0
         assert run("DEL", {**conf, "prevResult": result}).code == 0
         assert settled(lambda: set(ns.links()) - {"lo"}) == set()
@@ -323,7 +323,7 @@ def test_the_daemon_uses_the_passed_fd_and_never_the_netns_path(world: Scenario,
 def test_the_socket_is_root_only_and_a_non_root_peer_is_refused(socket_dir: Path) -> None:
     ran: list[Mapping[str, str]] = []
 
-    def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> tuple[int, str]:
+    def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None, **_: object) -> tuple[int, str]:
         ran.append(env)
         return 0, "{}\n"
 
@@ -382,7 +382,7 @@ def test_the_socket_is_root_only_and_a_non_root_peer_is_refused(socket_dir: Path
 def test_a_request_withdrawn_before_go_is_not_run(socket_dir: Path) -> None:
     ran: list[Mapping[str, str]] = []
     path = socket_dir / "cni.sock"
-    server = CniDaemon(path, workers=1, execute=lambda env, stdin, netns_fd=None: (ran.append(env), (0, ""))[1])
+    server = CniDaemon(path, workers=1, execute=lambda env, stdin, netns_fd=None, **_: (ran.append(env), (0, ""))[1])
     server.bind()
     serving = threading.Thread(target=server.serve)
     serving.start()
@@ -418,7 +418,7 @@ def test_a_stale_socket_is_replaced_but_a_live_daemon_is_not(socket_dir: Path) -
 def test_stop_lets_a_running_request_finish(socket_dir: Path) -> None:
     entered, release = threading.Event(), threading.Event()
 
-    def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> tuple[int, str]:
+    def execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None, **_: object) -> tuple[int, str]:
         entered.set()
         release.wait(30)
         return 0, "done\n"
@@ -476,3 +476,32 @@ def test_a_dead_serving_process_is_replaced_and_sigterm_stops_them_all(world: Sc
         assert not daemon.socket.exists()
         for pid in replaced:  # checked before the helper's exit would SIGKILL the process group
             assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_request_in_the_first_wire_version_is_still_served(world: Scenario, daemon: CniDaemonProcess) -> None:
+    """An older `vnfio` left on a node speaks version 1 (no flags word, the netns as the only fd): a newer daemon
+    still serves it, with the pod wired as usual (its delegates then run in the daemon's own mount namespace)."""
+    conf = world.mode_conf("veth", str(random_subnet()), gateway=True)
+    ns = world.netns()
+    env = b"\0".join(f"{k}={v}".encode() for k, v in cni_env("ADD", "v1pod", ns.path).items())
+    stdin = json.dumps(conf).encode()
+    request = client.MAGIC_V1 + len(env).to_bytes(4, "big") + len(stdin).to_bytes(4, "big") + env + stdin
+    netns_fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(30)
+            conn.connect(str(daemon.socket))
+            socket.send_fds(conn, [request], [netns_fd])
+            assert conn.recv(1) == client.ACCEPTED
+            conn.sendall(client.GO)
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+    finally:
+        os.close(netns_fd)
+    code, size = int.from_bytes(answer[:4], "big"), int.from_bytes(answer[4:8], "big")
+    assert code == 0 and len(answer) == 8 + size, answer
+    result = json.loads(answer[8:])
+    assert _attachment(ns)[1] == {result["ips"][0]["address"]}
+    assert vnfio(cni_env("DEL", "v1pod", ns.path), conf, daemon.socket).code == 0
+    assert reservation_files(world.data_dir) == []

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ from cni_helpers import (
     Outcome,
     Scenario,
     cni_env,
+    gated_ipam,
     held_locks,
     pod_links,
     random_subnet,
     reservation_files,
     settled,
+    wait_until,
 )
 
 from cni import client
@@ -164,3 +167,40 @@ def test_a_range_of_n_addresses_serves_n_pods_and_the_next_fails_without_debris(
     assert settled(lambda: bridge_ports(conf["bridge"])) == []
     assert reservation_files(world.scenario.data_dir) == []
     assert settled(lambda: [pod.name for pod in pods if pod_links(pod) != ["lo"]]) == []
+
+
+def test_an_unrelated_del_does_not_wait_behind_slow_delegates(tmp_path: Path, socket_dir: Path) -> None:
+    """Issue 17, finding 7: with every worker held by a slow delegated IPAM, the daemon must not accept another
+    request it cannot start: the client's timeout (1 s here) runs out and it does the DEL itself, while the slow
+    ones are still running. Before, the DEL was accepted and then waited for a worker (5.5 s with a 1 s timeout)."""
+    slow = gated_ipam(tmp_path / "cni-bin")
+    conf = {"cniVersion": "1.1.0", "name": "slow", "type": "vnfio", "mode": "veth", "ipam": {"type": slow.name}}
+    l2 = {"cniVersion": "1.1.0", "name": "l2", "type": "vnfio", "mode": "veth"}
+    env = {"PATH": os.environ.get("PATH", ""), client.TIMEOUT_ENV: "1"}
+    with CniDaemonProcess(socket_dir / "cni.sock", processes=1, workers=2) as daemon:
+        env[client.SOCKET_ENV] = str(daemon.socket)
+        held = [subprocess.Popen([str(VNFIO)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 env={**cni_env("DEL", f"slow{n}", path=str(slow.cni_path)), **env})
+                for n in range(2)]
+        try:
+            for proc in held:
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps(conf).encode())
+                proc.stdin.close()
+            assert wait_until(lambda: slow.running() == 2), "the slow delegates never started"
+            started = time.monotonic()
+            try:
+                quick = subprocess.run([str(VNFIO)], input=json.dumps(l2).encode(), capture_output=True, timeout=30,
+                                       env={**cni_env("DEL", "unrelated"), **env}, check=False)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the unrelated DEL was still waiting for a worker after 30 s")
+            waited = time.monotonic() - started
+            print(f"FIGURE unrelated DEL behind 2 slow delegates (2 workers, VNFIO_CNI_TIMEOUT=1): {waited:.2f} s")
+            assert quick.returncode == 0, quick.stdout
+            assert [proc.poll() for proc in held] == [None, None], "the slow requests should still be running"
+            assert not slow.gate.exists()
+        finally:
+            slow.open()
+            outcomes = [(proc.wait(timeout=60), proc.stdout.read() if proc.stdout else b"") for proc in held]
+        assert [proc.returncode for proc in held] == [0, 0], outcomes
+    assert "no worker free" in daemon.log_text()

@@ -11,15 +11,27 @@ import contextlib
 import ctypes
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cni_helpers import VNFIO, CniDaemonProcess, Scenario, cni_env, random_subnet, reservation_files
+from cni_helpers import (
+    VNFIO,
+    CniDaemonProcess,
+    Scenario,
+    cni_env,
+    gated_ipam,
+    random_subnet,
+    reservation_files,
+    socket_answers,
+    wait_until,
+)
 
 from cni import client
 
@@ -185,3 +197,143 @@ def test_a_client_that_connects_and_sends_garbage_or_nothing_leaves_the_daemon_s
         assert daemon.proc is not None and daemon.proc.poll() is None
     assert "Traceback" not in daemon.log_text()
     assert reservation_files(world.data_dir) == []
+
+
+# --- misbehaving clients: bounded time, threads and memory; SIGTERM stops accepting first (issue 17, finding 9) ---
+
+
+MAGIC_V1 = b"VNFIO-CNI/1\n"  # the first wire version (cni.client.MAGIC_V1), which every daemon reads
+MAX_CONNECTIONS = 64  # the daemon's default limit per serving process (checked against cni.daemon at the end)
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no thread count for pid {pid}")
+
+
+def _closed_by_peer(conn: socket.socket) -> bool:
+    try:
+        return conn.recv(1, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_a_client_dribbling_its_request_is_cut_off_at_the_handshake_deadline(socket_dir: Path) -> None:
+    """One byte every 0.5 s never trips a per-recv timeout: the daemon must end the connection when the request
+    is not complete HANDSHAKE_TIMEOUT (10 s) after the connect, however the bytes trickle in."""
+    from cni.daemon import HANDSHAKE_TIMEOUT
+
+    env = b"CNI_COMMAND=DEL"
+    # The first wire version, which every daemon reads: the old behaviour shows the same way.
+    request = MAGIC_V1 + len(env).to_bytes(4, "big") + (10).to_bytes(4, "big") + env
+    budget = int((HANDSHAKE_TIMEOUT + 5) / 0.5)
+    assert len(request) >= budget, "the request must last longer than the deadline at this pace"
+    with CniDaemonProcess(socket_dir / "cni.sock", processes=1) as daemon, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(daemon.socket))
+        started = time.monotonic()
+        cut_off_after = None
+        for byte in request[:budget]:
+            try:
+                conn.send(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                cut_off_after = time.monotonic() - started
+                break
+            if _closed_by_peer(conn):
+                cut_off_after = time.monotonic() - started
+                break
+            time.sleep(0.5)
+        print(f"FIGURE dribbling client (1 byte / 0.5 s) held the daemon for "
+              f"{cut_off_after if cut_off_after is not None else time.monotonic() - started:.1f} s "
+              f"(handshake deadline {HANDSHAKE_TIMEOUT:g} s)")
+        assert cut_off_after is not None, f"still connected after {budget} bytes over {budget * 0.5:g} s"
+        assert "handshake deadline" in daemon.log_text()
+
+
+def test_idle_connections_beyond_the_limit_are_closed_and_threads_stay_bounded(world: Scenario,
+                                                                                socket_dir: Path) -> None:
+    """300 clients connect and say nothing. A serving process keeps MAX_CONNECTIONS of them (one thread each) and
+    closes the rest at once; then a real pod is still served."""
+    idle = []
+    with CniDaemonProcess(socket_dir / "cni.sock", processes=1) as daemon:
+        assert daemon.proc is not None
+        baseline = _threads(daemon.proc.pid)
+        try:
+            for _ in range(300):
+                conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                conn.connect(str(daemon.socket))
+                idle.append(conn)
+            wait_until(lambda: sum(_closed_by_peer(c) for c in idle) >= 300 - MAX_CONNECTIONS, timeout=10)
+            closed = sum(_closed_by_peer(c) for c in idle)
+            threads = _threads(daemon.proc.pid)
+            print(f"FIGURE 300 idle connections: {300 - closed} held, {closed} closed at once, daemon threads "
+                  f"{baseline} -> {threads} (limit {MAX_CONNECTIONS} connections)")
+            assert threads <= baseline + MAX_CONNECTIONS
+            assert closed >= 300 - MAX_CONNECTIONS
+        finally:
+            for conn in idle:
+                conn.close()
+        pod = world.netns()
+        conf = _conf(world)
+        added = daemon.run(cni_env("ADD", f"c{world.tag}", pod.path), conf)
+        assert added.code == 0, added.out
+        assert daemon.run(cni_env("DEL", f"c{world.tag}", pod.path), conf).code == 0
+    assert reservation_files(world.data_dir) == []
+    from cni.daemon import MAX_CONNECTIONS as limit
+
+    assert limit == MAX_CONNECTIONS
+
+
+def test_a_request_claiming_more_than_a_request_can_be_is_refused_from_its_header(socket_dir: Path) -> None:
+    """A header announcing a 2 MiB config (a real one is KiB): the daemon hangs up after the header instead of
+    buffering it, so the sender's write fails."""
+    size = 2 << 20
+    header = MAGIC_V1 + (0).to_bytes(4, "big") + size.to_bytes(4, "big")  # every daemon reads this version
+    with CniDaemonProcess(socket_dir / "cni.sock", processes=1) as daemon, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(daemon.socket))
+        conn.sendall(header)
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            conn.settimeout(30)
+            conn.sendall(b"{" * size)
+        assert "request too large" in daemon.log_text()
+
+
+def test_sigterm_stops_accepting_first_so_a_replacement_can_start_while_requests_drain(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    """Two serving processes, one of them inside a slow delegated IPAM call. On SIGTERM the socket must stop
+    answering and its file go at once, so that a replacement daemon starts on the same path while the old one still
+    finishes that call; the old one's exit must not remove the replacement's socket."""
+    slow = gated_ipam(tmp_path / "cni-bin")
+    conf = {"cniVersion": "1.1.0", "name": "slow", "type": "vnfio", "mode": "veth", "ipam": {"type": slow.name}}
+    path = socket_dir / "cni.sock"
+    old = CniDaemonProcess(path, processes=2, workers=2)
+    with old:
+        assert old.proc is not None
+        running = subprocess.Popen([str(VNFIO)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   env={**cni_env("DEL", "slow", path=str(slow.cni_path)),
+                                        "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: str(path)})
+        try:
+            assert running.stdin is not None
+            running.stdin.write(json.dumps(conf).encode())
+            running.stdin.close()
+            assert wait_until(lambda: slow.running() == 1), "the slow delegate never started"
+            old.proc.send_signal(signal.SIGTERM)
+            assert wait_until(lambda: not path.exists() and not socket_answers(path)), \
+                "the old daemon still listens after SIGTERM"
+            assert old.proc.poll() is None, "the old daemon should still be finishing its request"
+            with CniDaemonProcess(path, processes=1) as replacement:
+                quick = replacement.run(cni_env("DEL", "quick"), {**conf, "ipam": None})
+                assert quick.code == 0, quick.out
+                slow.open()
+                assert running.wait(timeout=60) == 0
+                assert old.proc.wait(timeout=60) == 0
+                assert socket_answers(path), "the old daemon removed the replacement's socket"
+        finally:
+            slow.open()
+            running.wait(timeout=60)

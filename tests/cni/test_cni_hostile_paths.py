@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,15 @@ def name_cases() -> list[Hostile]:
     cases.append(Hostile("container ID of 300 bytes", {"CNI_CONTAINERID": "x" * 300}, {}, INVALID_ENV,
                          "CNI_CONTAINERID", ("ADD", "DEL")))
     cases += [Hostile(f"network name {v!r}", {}, {"name": v}, INVALID_CONFIG, "name") for v in NETWORK_NAMES]
+    # A trailing newline passes a regex that ends in `$` (issue 17, finding 11). Without IPAM, whose store would
+    # refuse it on its own, nothing else stands in the way: the skeleton must.
+    cases += [
+        Hostile("container ID ending in a newline, L2-only", {"CNI_CONTAINERID": "c1\n"}, {"ipam": None},
+                INVALID_ENV, "CNI_CONTAINERID"),
+        Hostile("network name ending in a newline, L2-only", {}, {"name": "n1\n", "ipam": None}, INVALID_CONFIG,
+                "name"),
+        Hostile("mac ending in a newline", {}, {"mac": "02:00:00:00:00:01\n"}, INVALID_CONFIG, "MAC"),
+    ]
     cases.append(Hostile("network name of 300 bytes", {}, {"name": "x" * 300}, INVALID_CONFIG, "longer than",
                          ("ADD", "DEL")))
     return cases
@@ -165,3 +175,27 @@ def test_hostile_paths_and_names_are_refused_and_nothing_is_wired_or_written(
     assert reservation_files(world.data_dir) == []
     made = {p for p in files_under(root) - before if p not in world.data_dir.parents}  # dataDir's own levels
     assert {p for p in made if world.data_dir not in (p, *p.parents)} == set()
+
+
+@pytest.mark.parametrize("command", ["ADD", "DEL"])
+def test_a_fifo_as_netns_does_not_hang_the_in_process_skeleton(world: Scenario, tmp_path: Path, command: str) -> None:
+    """Issue 17, finding 11: `cni.skel.execute` opens CNI_NETNS itself when no fd is handed to it (the in-process
+    path of a caller that has none); a FIFO there must be refused (code 8; DEL then releases IPAM only), not block
+    the open until a writer comes. Run in a child, so the old behaviour shows as a child that never answers."""
+    os.mkfifo(tmp_path / "fifo")
+    env = cni_env(command, f"c{world.tag}", str(tmp_path / "fifo"))
+    conf = {"cniVersion": "1.1.0", "name": f"f{world.tag}", "type": "vnfio", "mode": "veth"}
+    code = ("import json, sys; from cni.skel import execute; "
+            "c, out = execute(json.loads(sys.argv[1]), sys.argv[2].encode()); print(json.dumps([c, out]))")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(env), json.dumps(conf)], capture_output=True,
+                              text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{command} with a FIFO as CNI_NETNS still blocked after 60 s")
+    assert proc.returncode == 0, proc.stderr
+    exit_code, out = json.loads(proc.stdout)
+    if command == "ADD":
+        assert (exit_code, json.loads(out)["code"]) == (1, INVALID_NETNS), out
+        assert "namespace" in json.loads(out)["msg"]
+    else:
+        assert exit_code == 0, out

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cni_helpers import (
+    CniDaemonProcess,
     Netns,
     Scenario,
     assert_no_debris,
@@ -20,6 +23,7 @@ from cni_helpers import (
     random_subnet6,
     reservation_files,
     run_vnfio,
+    settled,
     subnet_text,
 )
 
@@ -256,3 +260,49 @@ def test_runtime_config_ips_and_cni_args_ip_reach_ipam(world: Scenario) -> None:
     assert run_vnfio(cni_env("DEL", "pod-a", first.path), conf).code == 0
     assert run_vnfio(cni_env("DEL", "pod-b", second.path), conf).code == 0
     assert_no_debris(world)
+
+
+def _host_link(name: str) -> dict[str, Any]:
+    return json.loads(subprocess.run(["ip", "-j", "-d", "link", "show", "dev", name], capture_output=True, text=True,
+                                     check=True).stdout)[0]
+
+
+@pytest.mark.hardening
+def test_a_pod_cannot_make_its_del_take_down_another_pods_host_veth(world: Scenario, socket_dir: Path) -> None:
+    """Issue 17, finding 1. The attacker pod (CAP_NET_ADMIN in its netns) replaces its eth0 with a local veth pair
+    whose indexes are the victim's: eth0 carries the victim's pod-side index and its peer the victim's host-side
+    index, so eth0's IFLA_LINK names the victim's host veth and that veth's IFLA_LINK names "eth0" back. DEL of the
+    attacker through the daemon must leave the victim's host veth up, with its route to the victim."""
+    subnet = random_subnet()
+    conf = _conf(world, str(subnet))
+    victim, attacker = world.netns(), world.netns()
+    with CniDaemonProcess(socket_dir / "cni.sock", workers=2) as daemon:
+        added = daemon.run(cni_env("ADD", "victim", victim.path), conf)
+        assert added.code == 0, added.out
+        assert daemon.run(cni_env("ADD", "attacker", attacker.path), conf).code == 0
+        host_veth = added.json["interfaces"][0]["name"]
+        victim_ip = _ip(added.json["ips"][0]["address"])
+        host_index = _host_link(host_veth)["ifindex"]
+        pod_index = victim.links()["eth0"]["ifindex"]
+        if host_index == pod_index or 1 in (host_index, pod_index):
+            pytest.skip(f"indexes {host_index}/{pod_index} cannot both be forged in one netns")
+
+        attacker.ip("link", "del", "eth0")
+        attacker.ip("link", "add", "eth0", "index", str(pod_index), "type", "veth", "peer", "name", "fake",
+                    "index", str(host_index))
+        attacker.ip("link", "set", "eth0", "up")
+        assert attacker.links()["eth0"]["ifindex"] == pod_index
+
+        assert daemon.run(cni_env("DEL", "attacker", attacker.path), conf).code == 0
+        # The attacker's own links go after the answer (cni.deferred): wait for that, then look at the victim.
+        assert settled(lambda: {n for n in attacker.links() if n != "lo"}) == set()
+
+        state = _host_link(host_veth)
+        assert "UP" in state["flags"], f"the victim's host veth {host_veth} was taken down: {state['flags']}"
+        routes = json.loads(subprocess.run(["ip", "-j", "route", "show", f"{victim_ip}/32"], capture_output=True,
+                                           text=True, check=True).stdout)
+        assert [r.get("dev") for r in routes] == [host_veth], f"the host route to the victim is gone: {routes}"
+        assert ping(victim, added.json["ips"][0]["gateway"])
+
+        assert daemon.run(cni_env("DEL", "victim", victim.path), conf).code == 0
+    assert_no_debris(world, {host_veth}, subnet_text(subnet))

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cni_helpers import EXECUTABLES, CniDaemonProcess, Outcome, Scenario, cni_env, random_subnet
 
+from cni import client
 from cni.errors import INTERNAL, INVALID_CONFIG, TRY_AGAIN, CniError
 from cni.ipam import IpamRequest, ipam_add, ipam_check, ipam_del, ipam_gc, ipam_status
 
@@ -156,3 +159,61 @@ def test_reference_host_local_as_a_delegate(tmp_path: Path, cni_dir: Path) -> No
     assert not (data_dir / "deleg-net" / "10.72.0.2").exists()
     with pytest.raises(CniError, match="Failed to find address added by container pod-42"):
         ipam_check(call("CHECK"))
+
+
+def _run(exe: Path, daemon: CniDaemonProcess, env: dict[str, str], conf: dict[str, Any]) -> Outcome:
+    """Exec `exe` (the static `vnfio` or the Python start-up path) against `daemon`."""
+    proc = subprocess.run([str(exe)], input=json.dumps(conf).encode(), capture_output=True, check=False, timeout=60,
+                          env={**env, "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: str(daemon.socket),
+                               client.TIMEOUT_ENV: "30"})
+    assert b"Traceback" not in proc.stderr, proc.stderr
+    return Outcome(proc.returncode, proc.stdout.decode())
+
+
+# A delegate that needs the node's files: its lease sits where only the runtime's mount namespace has it.
+NODE_FILE_READER = """#!/bin/sh
+cat > /dev/null
+case "$CNI_COMMAND" in
+  ADD)
+    lease=$(cat "{lease}") || exit 1
+    printf '{{"cniVersion": "1.1.0", "ips": [{{"address": "%s", "gateway": "{gateway}"}}]}}' "$lease" ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.hardening
+@pytest.mark.parametrize("executable", EXECUTABLES)
+def test_through_the_daemon_a_delegate_sees_the_callers_files_not_the_daemons(
+    world: Scenario, tmp_path: Path, socket_dir: Path, executable: str
+) -> None:
+    """Issue 17, finding 6: the daemon runs in a mount namespace of its own (a container; here `unshare --mount` with
+    a tmpfs over the directory that holds the plugin and its lease). A delegated IPAM plugin must still find and
+    read the node's files, as it would when the runtime execs it: ADD through the daemon gets the leased address."""
+    node_only = tmp_path / "node-only"
+    (node_only / "bin").mkdir(parents=True)
+    subnet = random_subnet()
+    address, gateway = f"{subnet.network_address + 10}/{subnet.prefixlen}", str(subnet.network_address + 1)
+    (node_only / "lease").write_text(address)
+    install(node_only / "bin", "nodeipam", NODE_FILE_READER.format(lease=node_only / "lease", gateway=gateway))
+    conf = {"cniVersion": "1.1.0", "name": f"mnt{world.tag}", "type": "vnfio", "mode": "veth",
+            "ipam": {"type": "nodeipam"}}
+    hide = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount -t tmpfs vnfio-test "$0" && exec "$@"', str(node_only)]
+    pod = world.netns()
+    with CniDaemonProcess(socket_dir / "cni.sock", processes=1, wrapper=hide, log_level="DEBUG") as daemon:
+        assert daemon.proc is not None
+        assert not Path(f"/proc/{daemon.proc.pid}/root{node_only}/lease").exists(), "the daemon must not see it"
+        env = cni_env("ADD", f"c{world.tag}", pod.path, path=str(node_only / "bin"))
+        added = _run(EXECUTABLES[executable], daemon, env, conf)
+        assert added.code == 0, added.out
+        assert added.json["ips"][0]["address"] == address
+        assert address in pod.addresses("eth0")
+        assert f"CNI ADD c{world.tag}/eth0: code 0" in daemon.log_text(), "the daemon did not serve it"
+        assert _run(EXECUTABLES[executable], daemon, {**env, "CNI_COMMAND": "DEL"}, conf).code == 0
+        # A plugin the caller's CNI_PATH does not have is the reference's code 7, found out in the caller's view.
+        missing = _run(EXECUTABLES[executable], daemon, {**env, "CNI_CONTAINERID": f"d{world.tag}"},
+                       {**conf, "ipam": {"type": "absent"}})
+        assert (missing.code, missing.error_code) == (1, INVALID_CONFIG), missing.out
+        assert "failed to find plugin" in missing.json["msg"]
+    assert "eth0" not in pod.links()

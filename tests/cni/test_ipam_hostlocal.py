@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cni_helpers import Scenario, cni_env, random_subnet6, reservation_files, run_vnfio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -409,3 +410,45 @@ def test_any_config_gets_a_result_or_a_cni_error(tmp_path: Path, ipam: dict, top
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["fuzz"])
     # every ADD above was followed by its DEL: no reservation and no index entry anywhere under the sandbox
     assert [p for p in data_dir.rglob("*") if p.is_file() and (p.name[:1].isdigit() or ":" in p.name)] == []
+
+
+@pytest.mark.hardening
+@pytest.mark.parametrize("where", ["CNI_ARGS", "args.cni.ips", "runtimeConfig.ips"])
+def test_an_ipv6_zone_does_not_make_a_taken_address_a_second_one(world: Scenario, where: str) -> None:
+    """Issue 17, finding 2: `fd..::10%x` is another string for the reservation but the same address for the kernel.
+    A second pod asking for a held address with a zone is refused (code 7) before any link exists, and only the
+    first pod carries the address."""
+    subnet6 = random_subnet6()
+    wanted = str(subnet6.network_address + 0x10)
+    conf = world.mode_conf("bridge", str(subnet6))  # on one L2 segment, two pods with one address both "work"
+    first, second = world.netns(), world.netns()
+    added = run_vnfio(cni_env("ADD", "pod-a", first.path, args=f"IP={wanted}"), conf)
+    assert added.code == 0, added.out
+    zoned, args = f"{wanted}%x", ""
+    if where == "CNI_ARGS":
+        args = f"IP={zoned}"
+    elif where == "args.cni.ips":
+        conf = {**conf, "args": {"cni": {"ips": [zoned]}}}
+    else:
+        conf = {**conf, "runtimeConfig": {"ips": [f"{zoned}/64"]}}
+    again = run_vnfio(cni_env("ADD", "pod-b", second.path, args=args), conf)
+    holders = [ns.name for ns in (first, second) if "eth0" in ns.links() and f"{wanted}/64" in ns.addresses("eth0")]
+    assert holders == [first.name], f"{wanted} is on {holders}"
+    assert (again.code, again.error_code) == (1, INVALID_CONFIG), again.out
+    assert "zone" in again.json["msg"]
+    assert "eth0" not in second.links()
+    assert [p.name for p in reservation_files(world.data_dir)] == [wanted]
+    assert run_vnfio(cni_env("DEL", "pod-b", second.path), conf).code == 0
+    assert run_vnfio(cni_env("DEL", "pod-a", first.path), conf).code == 0
+    assert reservation_files(world.data_dir) == []
+
+
+@pytest.mark.hardening
+def test_static_refuses_a_zone_too() -> None:
+    netconf = {"cniVersion": "1.1.0", "name": "net1", "type": "vnfio",
+               "ipam": {"type": "static", "addresses": [{"address": "fd00:a0d::10%eth0/64"}]}}
+    request = IpamRequest(command="ADD", container_id="pod1", ifname="eth0", netns="/x", cni_args={},
+                          cni_path=(), env={}, netconf=netconf)
+    with pytest.raises(CniError) as caught:
+        ipam_add(request)
+    assert caught.value.code == INVALID_CONFIG and "zone" in caught.value.msg

@@ -324,3 +324,29 @@ def test_sigkill_at_random_moments_then_del_or_gc_leaves_nothing(tmp_path: Path,
             ipam_gc(request(tmp_path, "gc", command="GC"), [])
         assert held(tmp_path) == {}
         assert debris(tmp_path) == []
+
+
+@pytest.mark.hardening
+@pytest.mark.parametrize("damage", ["empty", "cut mid-line", "not text"])
+def test_del_releases_by_container_and_interface_even_with_a_damaged_index(tmp_path: Path, damage: str) -> None:
+    """Issue 17, finding 8: the by-key index is what a crash or a full disk can leave empty or cut short. DEL must
+    still free the key's addresses (found by their files), and ADD must still see them (no second address)."""
+    dual = [[{"subnet": "10.90.0.0/24"}], [{"subnet": "fd00:90::/64"}]]
+    ipam_add(request(tmp_path, "pod1", ranges=dual))
+    ipam_add(request(tmp_path, "pod2", ranges=dual))
+    mine = {ip for ip, owner in held(tmp_path).items() if owner == "pod1\r\neth0"}
+    assert len(mine) == 2
+    index = tmp_path / "net1" / "by-key" / "pod1:eth0"
+    text = index.read_bytes()
+    index.write_bytes({"empty": b"", "cut mid-line": text[: len(text) // 2 + 1], "not text": b"\xff\xfe\0"}[damage])
+
+    with pytest.raises(CniError) as again:
+        ipam_add(request(tmp_path, "pod1", ranges=dual))
+    assert "duplicate allocation is not allowed" in again.value.msg
+    assert {ip for ip, owner in held(tmp_path).items() if owner == "pod1\r\neth0"} == mine
+
+    ipam_del(request(tmp_path, "pod1", ranges=dual, command="DEL"))
+    assert {owner for owner in held(tmp_path).values()} == {"pod2\r\neth0"}, "pod1's addresses stayed reserved"
+    assert not index.exists()
+    ipam_del(request(tmp_path, "pod2", ranges=dual, command="DEL"))
+    assert held(tmp_path) == {} and debris(tmp_path) == []

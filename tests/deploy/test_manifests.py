@@ -321,7 +321,8 @@ def test_cni_daemon_paths_match_what_the_executable_and_ipam_expect(
     assert str(PurePosixPath(DEFAULT_SOCKET).parent) == "/run/vnfio"
     assert DEFAULT_DATA_DIR.startswith("/var/lib/cni/")
     assert spec["hostNetwork"] is True and "hostPID" not in spec
-    assert daemon["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "SYS_ADMIN"]}
+    assert daemon["securityContext"]["capabilities"] == {"drop": ["ALL"],
+                                                         "add": ["NET_ADMIN", "SYS_ADMIN", "SYS_CHROOT"]}
     assert spec["automountServiceAccountToken"] is False
 
 
@@ -490,9 +491,11 @@ def confined_daemon(
     bounding = "-all," + ",".join(f"+{c.lower()}" for c in caps)
     socket_path = tmp_path / "run" / "cni.sock"
     socket_path.parent.mkdir()
+    (tmp_path / "node-only").mkdir()  # the node's files the container has not: hidden from the daemon by a tmpfs
     log = (tmp_path / "daemon.log").open("w")
     script = (
         "mount --bind -o ro /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && "
+        f"mount -t tmpfs vnfio-test {tmp_path / 'node-only'} && "
         f"exec setpriv --bounding-set {bounding} --inh-caps -all "
         f"{Path(sys.executable).parent / 'vnfio-cni-daemon'} --socket {socket_path} --log-level DEBUG"
     )
@@ -507,7 +510,8 @@ def confined_daemon(
         assert socket_path.exists(), (tmp_path / "daemon.log").read_text()
         status = Path(f"/proc/{daemon.pid}/status").read_text()
         effective = int(re.search(r"CapEff:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
-        assert effective == (1 << 12) | (1 << 21), f"CapEff {effective:x}: expected NET_ADMIN and SYS_ADMIN only"
+        expected = (1 << 12) | (1 << 21) | (1 << 18)
+        assert effective == expected, f"CapEff {effective:x}: expected NET_ADMIN, SYS_ADMIN and SYS_CHROOT only"
         yield socket_path
     finally:
         daemon.terminate()
@@ -639,3 +643,40 @@ def test_device_plugin_serves_kubelet_as_root_without_capabilities_on_a_read_onl
             output = plugin.communicate(timeout=30)[0]
         assert plugin.returncode == 0, output
         assert not [p for p in plugin_dir.iterdir() if p.name.startswith("vnfio-")], "sockets left behind"
+
+
+def test_confined_cni_daemon_runs_a_delegate_in_the_runtimes_mount_namespace(
+    confined_daemon: Path, host_executable: Path
+) -> None:
+    """With only the manifest's capabilities (SYS_CHROOT among them), the daemon runs a delegated IPAM plugin that
+    only the runtime's mount namespace has (the daemon's has a tmpfs there), and the plugin reads the node's file."""
+    node_only = confined_daemon.parent.parent / "node-only"
+    tag = f"{os.getpid() % 10000}{secrets.token_hex(2)}"
+    netns, subnet = f"vnfmnt{tag}", f"10.{secrets.randbelow(200) + 20}.{secrets.randbelow(250)}"
+    (node_only / "bin").mkdir(exist_ok=True)
+    (node_only / "lease").write_text(f"{subnet}.7/24")
+    plugin = node_only / "bin" / "nodeipam"
+    plugin.write_text(f"""#!/bin/sh
+cat > /dev/null
+[ "$CNI_COMMAND" = ADD ] || exit 0
+lease=$(cat "{node_only / 'lease'}") || exit 1
+printf '{{"cniVersion": "1.0.0", "ips": [{{"address": "%s", "gateway": "{subnet}.1"}}]}}' "$lease"
+""")
+    plugin.chmod(0o755)
+    conf = {"cniVersion": "1.0.0", "name": f"mnt{tag}", "type": "vnfio", "mode": "veth", "ipam": {"type": "nodeipam"}}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_CONTAINERID": f"ctr-{netns}",
+           "CNI_NETNS": f"/run/netns/{netns}", "CNI_IFNAME": "eth0", "CNI_PATH": str(node_only / "bin"),
+           "VNFIO_CNI_SOCKET": str(confined_daemon)}
+    _ip("netns", "add", netns)
+    try:
+        added = subprocess.run([str(host_executable)], input=json.dumps(conf), capture_output=True, text=True,
+                               env={**env, "CNI_COMMAND": "ADD"})
+        assert added.returncode == 0, added.stdout + added.stderr
+        assert json.loads(added.stdout)["ips"][0]["address"] == f"{subnet}.7/24"
+        deleted = subprocess.run([str(host_executable)], input=json.dumps(conf), capture_output=True, text=True,
+                                 env={**env, "CNI_COMMAND": "DEL"})
+        assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+        log = (confined_daemon.parent.parent / "daemon.log").read_text()
+        assert f"CNI ADD ctr-{netns}/eth0: code 0" in log, "not served by the confined daemon"
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
