@@ -435,7 +435,7 @@ def transport_cost(bundle_path: Path, machine: Machine, count: int = 40) -> floa
     from cni.daemon import CniDaemon
 
     sock = machine.temp_dir("noop") / "cni.sock"
-    noop = CniDaemon(sock, workers=2, execute=lambda env, stdin, netns_fd=None: (0, ""))
+    noop = CniDaemon(sock, workers=2, execute=lambda env, stdin, netns_fd=None, mount_ns_fd=None: (0, ""))
     noop.bind()
     serving = threading.Thread(target=noop.serve, daemon=True)
     serving.start()
