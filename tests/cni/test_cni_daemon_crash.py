@@ -133,6 +133,31 @@ def _calibrate(run: Callable[[int], float], first: int) -> float:
     return statistics.median(run(first + n) for n in range(3))
 
 
+def _calibrate_exec(world: CrashWorld, run: Callable[[dict[str, str], bytes], tuple[int, str]],
+                    delete: Callable[[dict[str, str], bytes], tuple[int, str]], first: int) -> float:
+    """`_calibrate` for ADDs through the installed executable (`run`), each deleted through `delete`."""
+    def timed_add(n: int) -> float:
+        env, stdin = world.attachment(n)
+        started = time.perf_counter()
+        assert run(env, stdin)[0] == 0
+        elapsed = time.perf_counter() - started
+        _clean_up_and_check(world, n, delete)
+        return elapsed
+
+    return _calibrate(timed_add, first)
+
+
+def _start_add(world: CrashWorld, n: int, socket_path: Path, stdout: int) -> subprocess.Popen[bytes]:
+    """The installed `vnfio` running attachment `n`'s ADD against `socket_path`, stdin already sent: to be killed."""
+    env, stdin = world.attachment(n)
+    proc = subprocess.Popen([str(VNFIO)], stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.DEVNULL,
+                            env={**env, "PATH": os.environ.get("PATH", ""), client.SOCKET_ENV: str(socket_path)})
+    assert proc.stdin is not None
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    return proc
+
+
 class KillMoments:
     """Kill delays drawn uniformly from [0, span]. The span follows the ADD's duration under the machine's current
     load: it shrinks when the ADD was already done at the kill and grows when the kill landed inside, settling where
@@ -212,27 +237,11 @@ def test_the_plugin_killed_during_add_then_del_leaves_nothing(world: CrashWorld)
 def test_the_plugin_executable_killed_during_add_then_del_leaves_nothing(world: CrashWorld, tmp_path: Path) -> None:
     """The installed `vnfio` with no daemon listening: it imports pyroute2 and does the work itself."""
     run = _exec(tmp_path / "no-daemon.sock")
-
-    def timed_add(n: int) -> float:
-        env, stdin = world.attachment(n)
-        started = time.perf_counter()
-        assert run(env, stdin)[0] == 0
-        elapsed = time.perf_counter() - started
-        _clean_up_and_check(world, n, _in_process)
-        return elapsed
-
-    total = _calibrate(timed_add, 20_000)
+    total = _calibrate_exec(world, run, _in_process, 20_000)
     n = 20_003
     kills = 0
     while kills < REAL_KILLS:
-        env, stdin = world.attachment(n)
-        proc = subprocess.Popen([str(VNFIO)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL,
-                                env={**env, "PATH": os.environ.get("PATH", ""),
-                                     client.SOCKET_ENV: str(tmp_path / "no-daemon.sock")})
-        assert proc.stdin is not None
-        proc.stdin.write(stdin)
-        proc.stdin.close()
+        proc = _start_add(world, n, tmp_path / "no-daemon.sock", subprocess.DEVNULL)
         # The later half of its life: before that it is still starting the interpreter and importing.
         time.sleep(random.uniform(total * 0.4, total * 1.1))
         if proc.poll() is None:
@@ -353,27 +362,11 @@ def test_the_installed_daemon_killed_during_add_then_restarted_leaves_nothing(wo
     waits on it; restarted (it must replace its dead socket), the DEL goes through it."""
     with CniDaemonProcess(log_path=tmp_path / "daemon.log", processes=2, workers=4) as daemon:
         run = _exec(daemon.socket)
-
-        def timed_add(n: int) -> float:
-            env, stdin = world.attachment(n)
-            started = time.perf_counter()
-            assert run(env, stdin)[0] == 0
-            elapsed = time.perf_counter() - started
-            _clean_up_and_check(world, n, run)
-            return elapsed
-
-        total = _calibrate(timed_add, 40_000)
+        total = _calibrate_exec(world, run, run, 40_000)
         n = 40_003
         kills = 0
         while kills < REAL_KILLS:
-            env, stdin = world.attachment(n)
-            proc = subprocess.Popen([str(VNFIO)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL,
-                                    env={**env, "PATH": os.environ.get("PATH", ""),
-                                         client.SOCKET_ENV: str(daemon.socket)})
-            assert proc.stdin is not None
-            proc.stdin.write(stdin)
-            proc.stdin.close()
+            proc = _start_add(world, n, daemon.socket, subprocess.PIPE)
             time.sleep(random.uniform(total * 0.2, total))
             if proc.poll() is None:
                 daemon.restart()  # SIGKILL of the whole group, then a new daemon on the same socket
