@@ -13,10 +13,10 @@ from deviceplugin.discovery.inventory import discover
 from deviceplugin.kubelet.dra import checkpoint as ckpt
 from deviceplugin.kubelet.dra.claims import ClaimError, PreparedDevice, allocation_results
 from deviceplugin.kubelet.dra.slices import device_name, published_devices, slice_documents
-from deviceplugin.policy.config import SAMPLE_CONFIG, parse_config
+from deviceplugin.policy.config import SAMPLE_BOARD_CONFIG, SAMPLE_CONFIG, parse_config
 from deviceplugin.policy.pools import build_pools
 from deviceplugin.records import PoolDevice
-from deviceplugin.sampleboard import SampleBoard
+from deviceplugin.sampleboard import SampleBoard, full_sample_board
 
 
 @pytest.mark.parametrize(
@@ -45,6 +45,21 @@ def test_the_board_as_published_is_valid_for_the_api_server(board: SampleBoard) 
     devices = published_devices("vnfio.io", pools.values(), inventory)
     documents = slice_documents("node-a", "vnfio.io", 1, [d.document for d in devices.values()])
     assert slice_problems(documents[0]) == []
+
+
+def test_every_device_kind_of_the_full_board_publishes_valid_devices(tmp_path: Path) -> None:
+    """Platform devices and vhost-net slots too: DNS-label names and the kind's own attributes."""
+    board = full_sample_board(tmp_path / "board")
+    inventory = discover(board.sys, board.dev)
+    pools = build_pools(parse_config(SAMPLE_BOARD_CONFIG).pools, inventory).pools
+    devices = published_devices("vnfio.io", pools.values(), inventory)
+    documents = slice_documents("node-a", "vnfio.io", 1, [d.document for d in devices.values()])
+    assert all(slice_problems(d) == [] for d in documents)
+    by_name = {d["name"]: d["attributes"] for doc in documents for d in doc["spec"]["devices"]}
+    assert by_name["3200000-sata"]["platformDevice"] == {"string": "3200000.sata"}
+    assert by_name["3200000-sata"]["compatible"] == {"string": "fsl,lx2160a-ahci"}
+    assert by_name["vhost-net-0"]["type"] == {"string": "vhost-net"}
+    assert {a["type"]["string"] for a in by_name.values()} == {"fslmc", "pci", "platform", "vhost-net"}
 
 
 def test_allocation_results_take_only_this_driver_and_pool() -> None:
