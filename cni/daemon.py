@@ -28,29 +28,21 @@ import pkgutil
 import signal
 import socket
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from cni import deferred
 from cni.client import (
     ACCEPTED,
     DEFAULT_SOCKET,
-    FD_MOUNT_NS,
-    FD_NETNS,
     GO,
-    HEADER_SIZE,
-    HEADER_SIZE_V1,
-    MAGIC,
-    MAGIC_V1,
-    MAX_ENV,
-    MAX_STDIN,
     encode_refusal,
     encode_reply,
 )
+from cni.supervisor import Supervisor
+from cni.wire import ProtocolError, peer_credentials, read_request
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +51,7 @@ HANDSHAKE_TIMEOUT = 10.0  # seconds a connected client has, in all, to send its 
 SHUTDOWN_GRACE = 60.0  # seconds SIGTERM waits for requests already running
 MAX_CONNECTIONS = 64  # per serving process: connections (one thread each) being read, waiting or served
 _WORKER_POLL = 0.05  # seconds between checks, while waiting for a worker, that the client is still there
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _NOT_WARMED = ("cni.main", "cni.client", "cni.daemon", "cni.bundle", "cni.install")
-
-
-class ProtocolError(Exception):
-    """A request that does not follow the wire format in `cni.client`."""
 
 
 def warm_up() -> list[str]:
@@ -80,106 +67,6 @@ def warm_up() -> list[str]:
         importlib.import_module(info.name)
         names.append(info.name)
     return names
-
-
-def _decode_env(blob: bytes) -> dict[str, str]:
-    env = {}
-    for item in blob.split(b"\0") if blob else ():
-        key, sep, value = item.partition(b"=")
-        if not sep or not key:
-            raise ProtocolError(f"malformed environment entry {item[:60]!r}")
-        env[os.fsdecode(key)] = os.fsdecode(value)
-    return env
-
-
-@dataclass(frozen=True)
-class Request:
-    """One request as read from the socket; its fds (CLOEXEC) are the reader's to `close()`."""
-
-    env: dict[str, str]
-    stdin: bytes
-    netns_fd: int | None
-    mount_ns_fd: int | None
-
-    def close(self) -> None:
-        for fd in (self.netns_fd, self.mount_ns_fd):
-            if fd is not None:
-                os.close(fd)
-
-
-def _recv(conn: socket.socket, size: int, deadline: float) -> bytes:
-    """Up to `size` bytes, before `deadline` (time.monotonic) passes however slowly they come."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise ProtocolError("no complete request within the handshake deadline")
-    conn.settimeout(left)
-    try:
-        return conn.recv(size)
-    except TimeoutError:
-        raise ProtocolError("no complete request within the handshake deadline") from None
-
-
-def _fill(conn: socket.socket, data: bytearray, size: int, deadline: float) -> None:
-    while len(data) < size:
-        chunk = _recv(conn, min(size - len(data), 1 << 20), deadline)
-        if not chunk:
-            raise ProtocolError(f"connection closed after {len(data)} of {size} request bytes")
-        data += chunk
-
-
-def read_request(conn: socket.socket, deadline: float) -> Request | None:
-    """One request, complete before `deadline` (time.monotonic); None if the peer hung up without a word (a liveness
-    probe). Both wire versions of `cni.client`; a size beyond MAX_ENV/MAX_STDIN is refused from the header."""
-    left = deadline - time.monotonic()
-    conn.settimeout(max(left, 0.001))
-    try:
-        first, fds, flags, _ = socket.recv_fds(conn, HEADER_SIZE, 2, socket.MSG_CMSG_CLOEXEC)
-    except TimeoutError:
-        raise ProtocolError("no request within the handshake deadline") from None
-    if not first and not fds:
-        return None
-    try:
-        if flags & socket.MSG_CTRUNC:
-            raise ProtocolError("more than two file descriptors sent")
-        data = bytearray(first)
-        _fill(conn, data, len(MAGIC), deadline)
-        if data.startswith(MAGIC):
-            header = HEADER_SIZE
-            _fill(conn, data, header, deadline)
-            fd_flags, env_size, stdin_size = struct.unpack(">III", data[len(MAGIC) : header])
-        elif data.startswith(MAGIC_V1):
-            header = HEADER_SIZE_V1
-            _fill(conn, data, header, deadline)
-            fd_flags = FD_NETNS if fds else 0
-            env_size, stdin_size = struct.unpack(">II", data[len(MAGIC_V1) : header])
-        else:
-            raise ProtocolError(f"not a vnfio CNI request (starts {bytes(data[:16])!r})")
-        if fd_flags & ~(FD_NETNS | FD_MOUNT_NS):
-            raise ProtocolError(f"unknown request flags {fd_flags:#x}")
-        named = bin(fd_flags).count("1")
-        if len(fds) != named:
-            raise ProtocolError(f"{len(fds)} file descriptor(s) sent, the request names {named}")
-        if env_size > MAX_ENV or stdin_size > MAX_STDIN:
-            raise ProtocolError(f"request too large (env {env_size} bytes, stdin {stdin_size} bytes; at most "
-                                f"{MAX_ENV} and {MAX_STDIN})")
-        total = header + env_size + stdin_size
-        if len(data) > total:
-            raise ProtocolError(f"{len(data) - total} bytes after the request")
-        _fill(conn, data, total, deadline)
-        env = _decode_env(bytes(data[header : header + env_size]))
-        given = iter(fds)
-        netns_fd = next(given) if fd_flags & FD_NETNS else None
-        mount_ns_fd = next(given) if fd_flags & FD_MOUNT_NS else None
-        return Request(env, bytes(data[header + env_size :]), netns_fd, mount_ns_fd)
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-
-
-def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process that connected, as the kernel recorded them at connect()."""
-    return _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
 
 
 def _default_execute(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None,
@@ -426,91 +313,6 @@ class CniDaemon:
                 return True
             if self._stopping.is_set() or time.monotonic() >= deadline or poller.poll(0):
                 return False
-
-
-class Supervisor:
-    """Several serving processes on one listener: the GIL lets one process use only one CPU for the Python part of
-    the work (~14 ms of CPU per bridge ADD), while CNI calls for different pods arrive in parallel.
-
-    The processes are forked after the warm-up and the bind, so each starts warm and the parent holds no threads
-    when it forks. The parent only supervises: it restarts a serving process that dies, forwards SIGTERM, and
-    removes the socket at the end. A serving process exits (finishing its running requests) if the parent dies.
-    """
-
-    def __init__(self, daemon: CniDaemon, processes: int) -> None:
-        self.daemon = daemon
-        self.processes = processes
-        self._children: set[int] = set()
-        self._stopping = False
-
-    def _spawn(self) -> int:
-        parent = os.getpid()
-        pid = os.fork()
-        if pid:
-            return pid
-        code = 0
-        try:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: self.daemon.stop())
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
-            _die_with_parent(parent)
-            self.daemon.serve(owns_socket=False)
-        except BaseException:
-            log.exception("serving process failed")
-            code = 1
-        finally:
-            logging.shutdown()
-            os._exit(code)
-
-    def _spawn_blocked(self) -> None:
-        # Signals wait until the child is in our set (so stop() reaches it), and until the child has its own
-        # handlers (ours, inherited, would signal its siblings).
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        try:
-            if not self._stopping:
-                self._children.add(self._spawn())
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
-
-    def stop(self) -> None:
-        """Stop accepting at once (our copy of the listener closed, the socket file removed: a replacement daemon
-        can bind now), then tell the serving processes, which close theirs and finish what they run."""
-        self._stopping = True
-        self.daemon.close()
-        for pid in list(self._children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    def run(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self.stop())
-        for _ in range(self.processes):
-            self._spawn_blocked()
-        log.info("%d serving processes: %s", self.processes, sorted(self._children))
-        try:
-            while self._children:
-                try:
-                    pid, status = os.wait()
-                except ChildProcessError:
-                    break
-                self._children.discard(pid)
-                if not self._stopping:
-                    log.error("serving process %d ended (wait status %d); starting another", pid, status)
-                    time.sleep(0.5)  # no tight loop if something kills them on sight
-                    self._spawn_blocked()
-        finally:
-            self.daemon.close()
-            log.info("stopped")
-
-
-def _die_with_parent(parent: int) -> None:
-    """Get SIGTERM when the supervisor dies, so no orphan keeps accepting on a socket nobody owns."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # it died before the prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cni.errors import INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, CniError
+from cni.ipam.keys import ReservationKey, reservation_key
 from cni.ipam.ranges import IPAddress, Range, RangeSet, parse_ip, parse_range_sets
-from cni.ipam.store import DEFAULT_DATA_DIR, ReservationKey, ReservationStore, Transaction, reservation_key
+from cni.ipam.store import DEFAULT_DATA_DIR, ReservationStore, Transaction
 
 if TYPE_CHECKING:
     from cni.ipam import IpamRequest

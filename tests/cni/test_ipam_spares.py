@@ -12,8 +12,8 @@ from ipam_helpers import held, request
 
 from cni import deferred
 from cni.ipam import ipam_add, ipam_del, ipam_gc
+from cni.ipam.keys import INDEX_DIR
 from cni.ipam.spares import SPARE_PREFIX, SPARES_PER_NETWORK, spare_pool
-from cni.ipam.store import INDEX_DIR
 
 
 def spares(data_dir: Path) -> dict[str, int]:
@@ -128,7 +128,7 @@ from ipam_helpers import request
 from cni import deferred
 from cni.ipam import ipam_add
 from cni.ipam.spares import spare_pool
-from cni.ipam.store import INDEX_DIR
+from cni.ipam.keys import INDEX_DIR
 
 data_dir, kill_at = Path(sys.argv[2]), int(sys.argv[3])
 req = request(data_dir, "victim", ranges=[[{"subnet": "10.93.0.0/24"}], [{"subnet": "fd93::/120"}]])

@@ -26,8 +26,9 @@ from ipam_helpers import held, request
 
 from cni.errors import INTERNAL, TRY_AGAIN, CniError
 from cni.ipam import ipam_add, ipam_del, ipam_gc
+from cni.ipam.keys import reservation_key
 from cni.ipam.ranges import parse_range_set
-from cni.ipam.store import ReservationStore, reservation_key
+from cni.ipam.store import ReservationStore
 
 REPO = Path(__file__).resolve().parents[2]
 
