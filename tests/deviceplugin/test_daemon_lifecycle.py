@@ -5,7 +5,6 @@ kubelet, the API server stand-in or a Prometheus scrape would see, and on what i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -28,6 +27,7 @@ import pytest
 from apiserver_stub import ApiServerStub
 from kubelet_stub import KubeletStub, device_health
 from prometheus_client.parser import text_string_to_metric_families
+from running_core import RunningCore
 from test_configwatch import ConfigMapVolume
 
 from deviceplugin.daemon import Daemon
@@ -47,54 +47,20 @@ NODE = "worker-7"
 
 
 # ------------------------------------------------------------------------------------------- harness
-class RunningDaemon:
+class RunningDaemon(RunningCore[Daemon]):
     """A `Daemon` on its own event loop in a background thread, so the test drives kubelet and sysfs."""
 
     def __init__(self, settings: DaemonSettings, **kwargs: Any) -> None:
         self.settings = settings
-        self.kwargs = kwargs
-        self.daemon: Daemon | None = None
-        self.result: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="vnfio-daemon", daemon=True)
-
-    def _main(self) -> None:
-        async def main() -> int:
-            self._loop = asyncio.get_running_loop()
-            self.daemon = Daemon(self.settings, **self.kwargs)
-            self._started.set()
-            return await self.daemon.run()
-
-        self.result = asyncio.run(main())
-
-    def __enter__(self) -> RunningDaemon:
-        self._thread.start()
-        assert self._started.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(lambda: Daemon(settings, **kwargs), "vnfio-daemon")
 
     @property
     def metrics(self) -> PluginMetrics:
-        assert self.daemon is not None
-        return self.daemon.metrics
+        assert self.core is not None
+        return self.core.metrics
 
     def sample(self, name: str, **labels: str) -> float | None:
         return self.metrics.registry.get_sample_value(name, labels)
-
-    def wait(self, timeout: float = 30.0) -> int | None:
-        """Wait for `run()` to return on its own; its exit code."""
-        self._thread.join(timeout)
-        return self.result
-
-    def stop(self) -> int | None:
-        if self._loop is not None and self._thread.is_alive():
-            assert self.daemon is not None
-            self._loop.call_soon_threadsafe(self.daemon.stop)
-            self._thread.join(30)
-        return self.result
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
