@@ -21,7 +21,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-demo: $(BIN)/.installed
+demo: $(BIN)/.installed cni-bin
 	$(BIN)/python hack/demo.py
 
 test: $(BIN)/.installed cni-bin

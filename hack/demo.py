@@ -11,8 +11,8 @@
 5. runs the DRA driver (`vnfio-dra-driver --sample-board`) against a kubelet stand-in (plugin manager and DRA
    manager) and an API server stand-in: shows the ResourceSlice it publishes, prepares a claim for a DPAA2
    container and one for two VFs, prints what their CDI specs give the container, and unprepares them;
-6. wires two network namespaces with the `vnfio` CNI plugin in bridge mode through its node daemon, pings
-   between them and to the gateway, and deletes them again.
+6. wires two network namespaces with the `vnfio` CNI plugin (the static executable a node runs) in bridge mode
+   through its node daemon, pings between them and to the gateway, and deletes them again.
 
 Every step prints what it does. Everything it creates (folders, namespaces, links, processes) is removed
 before it exits, also on failure; the last step checks that nothing is left. Needs root (namespaces, links).
@@ -224,12 +224,17 @@ def cni_part(tmp: Path) -> None:
             "VNFIO_CNI_SOCKET": str(sock),
         }
 
+        # What a node runs: the static executable `make cni-bin` built; the venv's Python one if it is not there.
+        static = REPO / "build" / "cni-bin" / "vnfio"
+        plugin = static if static.exists() else BIN / "vnfio"
+        print(f"    the runtime's exec: {plugin}")
+
         def cni(command: str, ns: Netns, prev: dict[str, object] | None = None) -> dict[str, object]:
             """One exec of the plugin as a runtime makes it; CHECK and DEL carry the ADD result as prevResult."""
             env = dict(base_env, CNI_COMMAND=command, CNI_CONTAINERID=ns.name, CNI_NETNS=ns.path)
             request = dict(conf, prevResult=prev) if prev else conf
             out = subprocess.run(
-                [str(BIN / "vnfio")], input=json.dumps(request), env=env, capture_output=True, text=True
+                [str(plugin)], input=json.dumps(request), env=env, capture_output=True, text=True
             )
             if out.returncode != 0:
                 raise RuntimeError(f"vnfio {command} failed: {out.stdout}{out.stderr}")

@@ -82,7 +82,7 @@ def test_specs_follow_the_devices_and_go_with_their_pool(
         wait_until(lambda: "0001:01:00.5" not in [d["name"] for d in load_spec(vf_spec)["devices"]], "VF gone")
         # The VF pool leaves the config: its spec goes, the other stays.
         write_pools(config, DPRC_POOL)
-        assert daemon.daemon is not None
+        assert daemon.core is not None
         wait_until(lambda: not vf_spec.exists(), "the dropped pool's spec to go", timeout=20)
         assert (cdi / "vnfio-nxp.com-dpaa2_dprc.json").exists()
 
