@@ -67,7 +67,7 @@ class PlatformSelectors:
 
 class PlatformKind:
     name = NAME
-    label: str | None = None  # no node label yet: the label set is a user-visible contract (see the notes)
+    label: str | None = "vnfio.io/vfio-platform"
     uevent_subsystems = frozenset({"platform", "amba"})
     selector_keys = tuple(_KEYS)
     iommu_groups_rule: str | None = None

@@ -33,7 +33,7 @@ class VhostNetSelectors:
 
 class VhostNetKind:
     name = NAME
-    label: str | None = None  # no node label yet: the label set is a user-visible contract (see the notes)
+    label: str | None = "vnfio.io/vhost-net"
     uevent_subsystems = frozenset({"misc"})
     selector_keys: tuple[str, ...] = ()
     iommu_groups_rule: str | None = "vhost-net slots have no IOMMU group"

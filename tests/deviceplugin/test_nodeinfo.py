@@ -31,12 +31,19 @@ def dprc_pool(count: int) -> ResourcePool:
     return ResourcePool("dpaa2_dprc", "nxp.com", "fslmc", devices)
 
 
+UNOFFERED = {"vnfio.io/vfio-platform": None, "vnfio.io/vhost-net": None}  # the kinds these tests' pools are not
+
+
 # ------------------------------------------------------------------------------------------ policy
 def test_labels_follow_what_is_offered() -> None:
-    assert offered_labels([vf_pool(True), dprc_pool(2)]) == {"vnfio.io/dpaa2": "true", "vnfio.io/vfio-pci": "true"}
+    assert offered_labels([vf_pool(True), dprc_pool(2)]) == {
+        "vnfio.io/dpaa2": "true", "vnfio.io/vfio-pci": "true", **UNOFFERED
+    }
     # An Unhealthy device still counts: kubelet shows it in capacity.
-    assert offered_labels([vf_pool(False), dprc_pool(0)]) == {"vnfio.io/dpaa2": None, "vnfio.io/vfio-pci": "true"}
-    assert offered_labels([]) == {"vnfio.io/dpaa2": None, "vnfio.io/vfio-pci": None}
+    assert offered_labels([vf_pool(False), dprc_pool(0)]) == {
+        "vnfio.io/dpaa2": None, "vnfio.io/vfio-pci": "true", **UNOFFERED
+    }
+    assert offered_labels([]) == {"vnfio.io/dpaa2": None, "vnfio.io/vfio-pci": None, **UNOFFERED}
 
 
 def test_health_changes_between_snapshots() -> None:
@@ -91,8 +98,8 @@ def test_labels_are_patched_onto_the_node(apiserver: ApiServerStub) -> None:
     run_with_reporter(reporter, scenario)
     patches = requests_to(apiserver, "PATCH", NODE_PATH)
     assert [p.body for p in patches] == [
-        {"metadata": {"labels": {"vnfio.io/dpaa2": "true", "vnfio.io/vfio-pci": "true"}}},
-        {"metadata": {"labels": {"vnfio.io/dpaa2": None, "vnfio.io/vfio-pci": "true"}}},
+        {"metadata": {"labels": {"vnfio.io/dpaa2": "true", "vnfio.io/vfio-pci": "true", **UNOFFERED}}},
+        {"metadata": {"labels": {"vnfio.io/dpaa2": None, "vnfio.io/vfio-pci": "true", **UNOFFERED}}},
     ]
     assert {p.content_type for p in patches} == {"application/merge-patch+json"}
     assert {p.authorization for p in patches} == {f"Bearer {TOKEN}"}
