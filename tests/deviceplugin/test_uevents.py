@@ -53,6 +53,10 @@ def test_relevance_filter() -> None:
     assert listener.relevant(Uevent("unbind", "/devices/a", "pci"))
     assert listener.relevant(Uevent("add", "/devices/virtual/vfio/22", "vfio"))
     assert listener.relevant(Uevent("bind", "/devices/platform/x/dprc.2", "fsl-mc"))
+    # Every registered kind's bus is listened to: SoC devices (platform, amba) and the misc nodes of vhost-net.
+    assert listener.relevant(Uevent("bind", "/devices/platform/soc/3200000.sata", "platform"))
+    assert listener.relevant(Uevent("unbind", "/devices/platform/soc/21c0000.serial", "amba"))
+    assert listener.relevant(Uevent("add", "/devices/virtual/misc/vhost-net", "misc"))
     assert not listener.relevant(Uevent("change", "/devices/virtual/net/lo", "net"))
     assert not listener.relevant(Uevent("offline", "/devices/a", "pci"))
     assert not listener.relevant(Uevent("add", "/devices/a", None))
