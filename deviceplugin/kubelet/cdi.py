@@ -11,15 +11,13 @@ it atomically (a runtime reads the directory at any moment: it must see the old 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deviceplugin.atomicfile import write_atomically
 from deviceplugin.records import DeviceNode
 
 # 0.6.0: device nodes with hostPath (0.5.0) and spec-level edits; nothing here needs a later version.
@@ -129,18 +127,7 @@ def write_spec(directory: Path, name: str, spec: CdiSpec) -> Path:
     user); OSError when the directory is unusable, CdiError when the spec is invalid (nothing is written)."""
     document = json.dumps(spec.document(), indent=2, sort_keys=False) + "\n"
     target = Path(directory) / name
-    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(document)
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)
-            os.fsync(out.fileno())
-        os.rename(temp, target)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temp)
-        raise
+    write_atomically(target, document)
     return target
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deviceplugin.atomicfile import write_atomically
 from deviceplugin.kubelet.cdi import CdiDevice, CdiError, CdiSpec, file_name, remove_spec, write_spec
 from deviceplugin.records import PoolDevice, ResourcePool
 
@@ -187,7 +188,7 @@ class PoolOutputs:
             name = device_info_name(self._resource, device.id)
             try:
                 make_dir(directory)
-                _write_atomically(directory / name, json.dumps(document) + "\n")
+                write_atomically(directory / name, json.dumps(document) + "\n")
             except OSError as exc:
                 self._fail("device-info", f"cannot write {directory / name}: {_reason(exc)}")
                 continue
@@ -224,21 +225,6 @@ class PoolOutputs:
         if self._failed is not None:
             with suppress(Exception):
                 self._failed(self._resource, what)
-
-
-def _write_atomically(target: Path, text: str) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)
-            os.fsync(out.fileno())
-        os.rename(temp, target)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def _reason(exc: BaseException) -> str:

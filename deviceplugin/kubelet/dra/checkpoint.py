@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deviceplugin.atomicfile import write_atomically
 from deviceplugin.kubelet.dra.claims import PreparedDevice
 
 log = logging.getLogger(__name__)
@@ -102,19 +102,5 @@ def save(path: Path, checkpoint: Checkpoint) -> None:
         "claims": {uid: record.to_json() for uid, record in sorted(checkpoint.claims.items())},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(document, out, indent=2)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(temp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    # 0600: the checkpoint names the pods' claims; only the driver (root) reads it.
+    write_atomically(path, json.dumps(document, indent=2), mode=0o600, sync_dir=True)
