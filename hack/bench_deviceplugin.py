@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         common = [
             "--config", str(config), "--sysfs-root", str(board.sys), "--dev-root", str(board.dev),
             "--plugin-dir", str(plugin_dir), "--log-level", "info",
+            "--device-info-dir", "",  # a generated board's devices stay out of the host's /var/run
         ]  # fmt: skip
         kubelet = KubeletStub(plugin_dir)
         kubelet.start()
