@@ -65,7 +65,10 @@ def test_driver_daemonset_mounts_only_what_it_needs(objects: dict[tuple[str, str
     assert flags["--cdi-dir"] == mounts["cdi"]["mountPath"] == host_paths["cdi"]
     security = container["securityContext"]
     assert security["capabilities"] == {"drop": ["ALL"]} and security["readOnlyRootFilesystem"] is True
-    assert {e["name"] for e in container["env"]} == {"NODE_NAME"}
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    # The node's name for the slices; its address for the metrics endpoint (never every address of the node).
+    assert env == {"NODE_NAME": "spec.nodeName", "NODE_IP": "status.hostIP"}
+    assert "--metrics-host" not in " ".join(container["args"])
     config_volume = next(v for v in spec["volumes"] if v["name"] == "config")
     assert config_volume["configMap"]["name"] == "vnfio-device-plugin-config"  # one config for both transports
 

@@ -10,18 +10,36 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from apiserver_stub import ApiServerStub
 from dra_harness import KubeletDirs
 from dra_kubelet_stub import DraKubeletStub, wait_until
 from dra_scenarios import DRIVER, NODE, allocated_claim, container_view
 
+from deviceplugin.cli import daemon_settings
 from deviceplugin.discovery.inventory import discover
+from deviceplugin.kubelet.dra.cli import build_parser
 from deviceplugin.policy.allocation import allocate
 from deviceplugin.policy.config import SAMPLE_CONFIG, parse_config
 from deviceplugin.policy.pools import build_pools
 from deviceplugin.sampleboard import build_sample_board
 
 DRIVER_BIN = str(Path(sys.executable).parent / "vnfio-dra-driver")
+
+
+@pytest.mark.parametrize(("node_ip", "host"), [(None, "127.0.0.1"), ("192.0.2.7", "192.0.2.7")])
+def test_metrics_listen_on_the_node_address_not_every_address(
+    monkeypatch: pytest.MonkeyPatch, node_ip: str | None, host: str
+) -> None:
+    """The DRA driver takes the daemon flags the device plugin takes, with the same safe metrics default."""
+    if node_ip is None:
+        monkeypatch.delenv("NODE_IP", raising=False)
+    else:
+        monkeypatch.setenv("NODE_IP", node_ip)
+    args = build_parser().parse_args(["--node-name", NODE, "--metrics-port", "9480"])
+    assert daemon_settings(args).metrics_host == host
+    explicit = build_parser().parse_args(["--node-name", NODE, "--metrics-host", "::"])
+    assert daemon_settings(explicit).metrics_host == "::"
 
 
 def test_node_name_is_required() -> None:
